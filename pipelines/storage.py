@@ -1,0 +1,157 @@
+"""One filesystem layer for plain paths, file:// and s3:// URIs (pyarrow.fs underneath).
+
+S3 speaks plain S3 so AWS, MinIO, Ceph or moto work unchanged. The endpoint comes from the caller, else from
+AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL (pyarrow does not read those itself); credentials and region come from
+the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_DEFAULT_REGION).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+class StorageError(RuntimeError):
+    """A storage location is missing, unreachable or not writable. The message names it."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A resolved URI: the filesystem and the path inside it (no scheme), plus the URI as the user gave it."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    def join(self, *parts: str) -> Location:
+        path = posixpath.join(self.path, *parts)
+        uri = self.uri.rstrip("/") + "/" + "/".join(parts)
+        return Location(self.fs, path, uri)
+
+    @property
+    def is_s3(self) -> bool:
+        return self.fs.type_name == "s3"
+
+
+def s3_endpoint(endpoint: str | None = None) -> str | None:
+    return endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
+    """An S3 filesystem for the endpoint (or AWS when none), credentials from the standard environment."""
+    endpoint = s3_endpoint(endpoint)
+    kwargs: dict = {
+        "region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1",
+        # throttling / dropped connections are retried with backoff before an error surfaces
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=5),
+        "connect_timeout": 10,  # seconds: a dead endpoint fails fast with a clear error instead of hanging
+        "request_timeout": 60,
+    }
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = endpoint
+        kwargs["scheme"] = parsed.scheme or "http"
+    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if key and secret:
+        # explicit so the filesystem carries them when pickled to Ray workers on other nodes
+        kwargs.update(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str, *, endpoint: str | None = None) -> Location:
+    """Resolve a plain path, file:// URI or s3://bucket/prefix to a Location."""
+    parsed = urlparse(uri)
+    match parsed.scheme:
+        case "s3":
+            if not parsed.netloc:
+                raise StorageError(f"{uri}: an s3:// URI needs a bucket (s3://bucket/prefix)")
+            path = (parsed.netloc + "/" + parsed.path.lstrip("/")).rstrip("/")
+            return Location(s3_filesystem(endpoint), path, uri.rstrip("/"))
+        case "file":
+            return Location(pafs.LocalFileSystem(), os.path.abspath(parsed.path), uri)
+        case "":
+            return Location(pafs.LocalFileSystem(), os.path.abspath(uri), os.path.abspath(uri))
+        case other:
+            raise StorageError(f"{uri}: unsupported scheme {other!r} (use a path, file:// or s3://)")
+
+
+def _info(loc: Location) -> pafs.FileInfo:
+    try:
+        return loc.fs.get_file_info(loc.path)
+    except OSError as err:  # unreachable endpoint, bad credentials, ...
+        raise StorageError(f"{loc.uri}: cannot reach storage ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def exists(loc: Location) -> bool:
+    return _info(loc).type != pafs.FileType.NotFound
+
+
+def list_files(loc: Location) -> list[str]:
+    """All files below a folder (recursive), as paths relative to it, sorted. Missing folder -> StorageError."""
+    info = _info(loc)
+    if info.type == pafs.FileType.NotFound:
+        raise StorageError(f"{loc.uri}: not found")
+    if info.type == pafs.FileType.File:
+        raise StorageError(f"{loc.uri}: is a file, expected a folder")
+    try:
+        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+    except OSError as err:
+        raise StorageError(f"{loc.uri}: cannot list ({_first_line(err)})") from None
+    prefix = loc.path.rstrip("/") + "/"
+    return sorted(i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File)
+
+
+def read_bytes(loc: Location) -> bytes:
+    try:
+        with loc.fs.open_input_stream(loc.path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise StorageError(f"{loc.uri}: not found") from None
+    except OSError as err:
+        raise StorageError(f"{loc.uri}: cannot read ({_first_line(err)})") from None
+
+
+def write_bytes(loc: Location, data: bytes) -> None:
+    """Write a whole object atomically: readers see the old object or the new one, never a part.
+
+    S3 PUTs are atomic by nature; on a local disk we write a temporary sibling and rename it into place.
+    """
+    try:
+        parent = posixpath.dirname(loc.path)
+        if parent:
+            loc.fs.create_dir(parent, recursive=True)
+        if loc.is_s3:
+            with loc.fs.open_output_stream(loc.path) as f:
+                f.write(data)
+            return
+        tmp = f"{loc.path}.tmp-{uuid.uuid4().hex}"
+        with loc.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        loc.fs.move(tmp, loc.path)
+    except OSError as err:
+        raise StorageError(f"{loc.uri}: cannot write ({_first_line(err)})") from None
+
+
+def delete_file(loc: Location) -> None:
+    try:
+        loc.fs.delete_file(loc.path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise StorageError(f"{loc.uri}: cannot delete ({_first_line(err)})") from None
+
+
+def check_writable(loc: Location) -> None:
+    """Probe that a folder can be written (creates and removes a small marker). Clear error otherwise."""
+    probe = loc.join(f".write-probe-{uuid.uuid4().hex}")
+    write_bytes(probe, b"ok")
+    delete_file(probe)
