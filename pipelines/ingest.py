@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import pickle
 import posixpath
 import time
 from dataclasses import dataclass, field
@@ -151,8 +152,10 @@ def _run_shards(tasks: list[dict], progress) -> list[dict]:
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    ds = ray.data.from_items([{"task": t} for t in tasks], override_num_blocks=max(1, len(tasks)))
-    out = ds.map(lambda item: {"summary": process_shard(item["task"])}).take_all()
+    # tasks travel pickled (they hold pyarrow filesystems): one shard per block, one Ray task each
+    items = [{"task": pickle.dumps(t)} for t in tasks]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(tasks)))
+    out = ds.map(lambda item: {"summary": process_shard(pickle.loads(item["task"]))}).take_all()
     summaries = sorted((r["summary"] for r in out), key=lambda s: s["index"])
     for s in summaries:
         progress(f"shard {s['index']:05d}: {s['rows']} rows, {len(s['quarantined'])} quarantined")

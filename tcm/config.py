@@ -25,6 +25,7 @@ class ClipConfig:
     text_width: int = 512  # RN50 text transformer width
     text_heads: int = 8
     text_layers: int = 12
+    quick_gelu: bool = True  # OpenAI's RN50 text tower was trained with QuickGELU (open_clip's RN50-quickgelu)
     weights: str | None = None  # local path or s3:// URI of RN50.pt / open_clip state dict; None = random (warns)
 
 

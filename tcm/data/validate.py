@@ -72,8 +72,12 @@ def validate_instances(
         polygon = shapely.Polygon(inside)
         if not polygon.is_valid:
             if moved and shapely.Polygon(pts).is_valid:
-                raise AnnotationError(source, f"{where}: polygon collapses when clipped to the {width}x{height} image")
-            raise AnnotationError(source, f"{where}: self-intersecting polygon ({shapely.is_valid_reason(polygon)})")
+                raise AnnotationError(
+                    source, f"{where}: polygon collapses when clipped to the {width}x{height} image"
+                )
+            raise AnnotationError(
+                source, f"{where}: self-intersecting polygon ({shapely.is_valid_reason(polygon)})"
+            )
         clipped += moved
         out.append(Instance(points=inside, text=inst.text, ignore=inst.ignore))
     return out, clipped

@@ -190,5 +190,7 @@ def comma_fields(line: str, count: int, source: str, line_no: int, layout: str) 
     """Split a line at its first `count - 1` commas: the last field (the transcription) keeps its own commas."""
     fields = line.split(",", count - 1)
     if len(fields) != count:
-        raise AnnotationError(source, f"expected {count} comma-separated fields ({layout}), found {len(fields)}", line_no)
+        raise AnnotationError(
+            source, f"expected {count} comma-separated fields ({layout}), found {len(fields)}", line_no
+        )
     return fields

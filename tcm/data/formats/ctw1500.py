@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from xml.parsers import expat
 from xml.sax.saxutils import escape, quoteattr
 
-import numpy as np
-
 from tcm.data.formats import _common as c
 from tcm.types import AnnotationError, Instance
 
@@ -91,7 +89,9 @@ class _XmlBoxes:
         try:
             self.parser.Parse(text.encode("utf-8"), True)
         except expat.ExpatError as err:
-            raise AnnotationError(self.source, f"malformed XML: {expat.ErrorString(err.code)}", err.lineno) from None
+            raise AnnotationError(
+                self.source, f"malformed XML: {expat.ErrorString(err.code)}", err.lineno
+            ) from None
         return self.boxes
 
 
@@ -115,7 +115,9 @@ def _parse_txt(text: str, source: str) -> list[Instance]:
         coords, sep, label = line.partition(_TEXT_SEP)
         if not sep:
             raise AnnotationError(
-                source, "expected x1,y1,...,xn,yn,####transcription (legacy 32-value lines are not read)", line_no
+                source,
+                "expected x1,y1,...,xn,yn,####transcription (legacy 32-value lines are not read)",
+                line_no,
             )
         points = c.polygon(coords.split(","), source, line_no)  # (P, 2)
         instances.append(Instance(points, label, ignore=label.strip() == IGNORE))
@@ -124,7 +126,9 @@ def _parse_txt(text: str, source: str) -> list[Instance]:
 
 def _xml_text(text: str, where: str) -> str:
     if not _XML_CHAR.fullmatch(text):
-        raise ValueError(f"{where}: {text!r} holds characters an XML label cannot keep (control characters, \\r)")
+        raise ValueError(
+            f"{where}: {text!r} holds characters an XML label cannot keep (control characters, \\r)"
+        )
     return escape(text)
 
 
@@ -189,4 +193,3 @@ class Ctw1500:
         if key is None:
             raise ValueError(f"{image_name!r} is not a CTW1500 image name (NNNN.jpg)")
         return key
-

@@ -8,8 +8,9 @@ rectangle, theta in radians, rotation about the rectangle centre. The polygon is
 
 The writer needs rotated rectangles whose corners come in that order (p0 -> p1 the rotated width edge,
 p0 -> p3 the rotated height edge); it recovers the rectangle from the corners directly (centre = mean,
-w = |p1 - p0|, h = |p3 - p0|, theta = atan2 of p0 -> p1) and raises ValueError unless the rectangle gives the
-points back within 1e-6 px, so what it writes reads back to the given polygon within 1e-6. Text is not written.
+w = |p1 - p0|, h = |p3 - p0|, theta = the angle of p0 -> p1, or of p0 -> p3 less 90 degrees when that edge is
+longer) and raises ValueError unless the rectangle gives the points back within 1e-6 px, so what it writes
+reads back to the given polygon within 1e-6. Text is not written.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ def rect_of(points: np.ndarray) -> tuple[float, float, float, float, float]:
     cx, cy = points.mean(axis=0)
     width_edge, height_edge = points[1] - points[0], points[3] - points[0]  # (2,) each
     w, h = float(np.hypot(*width_edge)), float(np.hypot(*height_edge))
-    theta = math.atan2(width_edge[1], width_edge[0])
+    # The width edge is (w cos t, w sin t), the height edge (-h sin t, h cos t): read t off the longer one, so
+    # that a zero-width rectangle keeps its angle.
+    if w >= h:
+        theta = math.atan2(width_edge[1], width_edge[0])
+    else:
+        theta = math.atan2(-height_edge[0], height_edge[1])
     return float(cx) - w / 2, float(cy) - h / 2, w, h, theta
 
 
@@ -65,7 +71,9 @@ class Td500:
                 )
             c.number(fields[0], source, line_no, "index")
             if fields[1] not in ("0", "1"):
-                raise AnnotationError(source, f"difficult flag must be 0 or 1, got {fields[1][:40]!r}", line_no)
+                raise AnnotationError(
+                    source, f"difficult flag must be 0 or 1, got {fields[1][:40]!r}", line_no
+                )
             x, y, w, h, theta = (c.number(f, source, line_no) for f in fields[2:])
             with np.errstate(over="ignore", invalid="ignore"):  # checked just below
                 points = rect_corners(x, y, w, h, theta)  # (4, 2)
@@ -80,7 +88,9 @@ class Td500:
             where = f"{self.name} instance {i}"
             points = c.points_of(instance, where)
             if points.shape != (4, 2):
-                raise ValueError(f"{where}: TD500 writes rotated rectangles (4 points), got {len(points)} points")
+                raise ValueError(
+                    f"{where}: TD500 writes rotated rectangles (4 points), got {len(points)} points"
+                )
             rect = rect_of(points)
             error = float(np.abs(rect_corners(*rect) - points).max())
             if error > RECT_TOLERANCE:
