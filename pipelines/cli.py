@@ -57,7 +57,8 @@ def ingest(
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
 ) -> None:
     """Validate a dataset and write unified Parquet shards plus DST/manifest.json (S3 endpoint: AWS_ENDPOINT_URL_S3)."""
-    from pipelines.ingest import IngestError, ingest as run_ingest
+    from pipelines.ingest import IngestError
+    from pipelines.ingest import ingest as run_ingest
 
     log = (lambda msg: typer.echo(msg, err=True)) if json_out else typer.echo
     try:

@@ -49,7 +49,7 @@ class S3Server:
                     return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"moto server exited with {self.proc.returncode}")
+                    raise RuntimeError(f"moto server exited with {self.proc.returncode}") from None
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("moto server did not start within 30 s")

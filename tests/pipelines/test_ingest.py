@@ -18,7 +18,8 @@ from pipelines.ingest import ingest, plan_pairs, read_manifest, shard_uris
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
-QUIET = lambda *_: None  # noqa: E731
+def QUIET(*_):
+    return None
 
 
 def _jpeg(h: int = 64, w: int = 96, seed: int = 0) -> bytes:
@@ -149,11 +150,11 @@ def test_ic15_fixture_rows_match_gt_files(ic15_fixture, tmp_path):
     manifest = ingest("icdar2015", str(ic15_fixture), str(tmp_path / "x"), "test", progress=QUIET)
     assert manifest["rows"] == 6 and manifest["quarantined"] == []
     table = pq.read_table(shard_uris(str(tmp_path / "x"), "test")[0])
-    lines = {p.name: [l for l in p.read_text(encoding="utf-8-sig").splitlines() if l.strip()] for p in (ic15_fixture / "gts").iterdir()}
+    lines = {p.name: [ln for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()] for p in (ic15_fixture / "gts").iterdir()}
     for row in table.to_pylist():
         gt = lines[f"gt_img_{row['id'].rsplit('/', 1)[1]}.txt"]
         assert len(row["polygons"]) == len(gt)
-        assert sum(row["ignore"]) == sum(l.rstrip().endswith(",###") for l in gt)
+        assert sum(row["ignore"]) == sum(ln.rstrip().endswith(",###") for ln in gt)
         assert row["image"] == (ic15_fixture / "images" / f"img_{row['id'].rsplit('/', 1)[1]}.jpg").read_bytes()
 
 
