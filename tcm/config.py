@@ -72,6 +72,14 @@ class DBHeadConfig:
     poly_unclip_ratio: float = 2.0  # DB official poly mode
     max_candidates: int = 1000  # DB experiment yamls
     min_size: int = 3  # min short side of a candidate (DB)
+    # added by the DB codec: approxPolyDP epsilon / arc length in poly mode (DB official and DBNet++ use 0.002;
+    # mmocr 1.x DBNet 0.01 loses curvature on long curved lines)
+    poly_epsilon_ratio: float = 0.002
+    # added by the DB codec: how a kernel is dilated back. "ratio" = DB's D' = A' * unclip_ratio / L', calibrated on
+    # trained networks; "inverse" solves the D that undoes the r = shrink_ratio shrink (exact for rectangles,
+    # tcm.geometry.inverse_shrink_distance): for `tcm check-targets`, since a constant ratio inverts the shrink
+    # for one aspect ratio only (1.45 for a square, 3.05 at 8:1)
+    unclip: Literal["ratio", "inverse"] = "ratio"
 
 
 @dataclass(frozen=True)

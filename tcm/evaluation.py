@@ -41,7 +41,8 @@ boxes overlap; the sweep computes them once per image and only re-thresholds (mm
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -101,6 +102,11 @@ def resolve_protocol(protocol: str | Protocol) -> Protocol:
 
 # --------------------------------------------------------------------------------------------- geometry
 
+# Ratios from numpy clipping differ from GEOS's by ~1e-13: calls closer than this to a threshold go to GEOS.
+SETTLE_TOL = 1e-9
+FAST_MAX_POINTS = 16  # convex polygons with more corners go to GEOS: bounds the padded ring array
+CHUNK = 64  # images prepared together: amortises numpy call overhead; memory stays small
+
 
 def clockwise(points: np.ndarray) -> np.ndarray:
     """Points (P, 2) in the RRC's clockwise order (image coordinates, y down): reversed when counter-clockwise.
@@ -146,31 +152,169 @@ def to_geometries(polygons: Sequence[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _intersections(gt_geoms: np.ndarray, det_geoms: np.ndarray) -> np.ndarray:
-    """Intersection areas (G, D); only bounding-box-overlapping pairs are handed to GEOS, in one call."""
-    G, D = len(gt_geoms), len(det_geoms)
-    inter = np.zeros((G, D), dtype=np.float64)
-    if G == 0 or D == 0:
-        return inter
-    gb = shapely.bounds(gt_geoms)  # (G, 4) xmin, ymin, xmax, ymax; NaN for empty geometries
-    db = shapely.bounds(det_geoms)  # (D, 4)
-    overlap = (
-        (gb[:, None, 0] <= db[None, :, 2])
-        & (db[None, :, 0] <= gb[:, None, 2])
-        & (gb[:, None, 1] <= db[None, :, 3])
-        & (db[None, :, 1] <= gb[:, None, 3])
-    )  # (G, D); NaN comparisons are False, so empty geometries never overlap
-    g_idx, d_idx = np.nonzero(overlap)  # (n,), (n,)
-    if g_idx.size == 0:
-        return inter
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """z of the 2-D cross product over the last axis (broadcast)."""
+    return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+
+
+def _convex_info(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For n polygons of P corners (n, P, 2): (convex (n,), positive (n,), area (n,)).
+
+    convex: simple and strictly convex (collinear corners allowed; no repeated corner, no spike, winds once),
+    the polygons the numpy clipping handles. positive: the shoelace sum is > 0 (interior left of every edge).
+    area: |shoelace| in GEOS's own formula and summation order (x relative to corner 0), so it matches
+    shapely's area of the same ring.
+    """
+    n, P, _ = block.shape
+    with np.errstate(invalid="ignore"):
+        e = np.roll(block, -1, axis=1) - block  # (n, P, 2) edge vectors
+        e_next = np.roll(e, -1, axis=1)  # (n, P, 2)
+        turn_cross = _cross(e, e_next)  # (n, P)
+        turn_dot = (e * e_next).sum(-1)  # (n, P)
+        turning = np.arctan2(turn_cross, turn_dot).sum(-1)  # (n,) ±2π for a convex polygon winding once
+        finite = np.isfinite(block).all(axis=(1, 2))
+        convex = (
+            finite
+            & (P >= 3)
+            & (e != 0).any(-1).all(-1)
+            & ~((turn_cross == 0) & (turn_dot <= 0)).any(-1)
+            & ((turn_cross >= 0).all(-1) | (turn_cross <= 0).all(-1))
+            & (np.abs(np.abs(turning) - 2 * np.pi) < 1e-6)
+        )
+        x = block[:, :, 0] - block[:, :1, 0]  # (n, P)
+        y = block[:, :, 1]  # (n, P)
+        signed = np.zeros(n)
+        for i in range(1, P):  # GEOS Area::ofRingSigned over the closed ring, summed in its order
+            signed = signed + x[:, i] * (y[:, i - 1] - y[:, (i + 1) % P])
+    return convex, turning > 0, np.abs(signed / 2.0)
+
+
+def _flatten(points: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """All corners (sum P_i, 2) float64 and the corner counts (N,) of N point arrays (P_i, 2) or flat (2 P_i,)."""
+    sizes = np.fromiter((len(p) for p in points), dtype=np.int64, count=len(points))  # (N,)
     try:
-        areas = shapely.area(shapely.intersection(gt_geoms[g_idx], det_geoms[d_idx]))  # (n,)
+        flat = np.concatenate(points, dtype=np.float64) if len(points) else np.zeros((0, 2))
+        if flat.ndim == 2 and flat.shape[1] == 2:
+            return flat, sizes  # fast path: every element already (P_i, 2)
+    except ValueError:
+        pass
+    arrays = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in points]  # each (P_i, 2)
+    return np.concatenate(arrays), np.array([len(a) for a in arrays], dtype=np.int64)
+
+
+class _Polygons:
+    """N polygons: numpy rings for the convex ones, shapely geometries built only when needed.
+
+    One instance holds a whole chunk of images; `view` gives an image's slice sharing the arrays (so a GEOS
+    area settled through a view is seen by everyone).
+    """
+
+    def __init__(self, points: Sequence[np.ndarray]):
+        N = len(points)
+        self._flat, self.sizes = _flatten(points)  # (sum P_i, 2) all corners; (N,) corners P_i
+        self._start = np.concatenate(
+            [[0], np.cumsum(self.sizes)]
+        )  # (N + 1,) polygon i = flat[start[i]:start[i+1]]
+        fast_sizes = self.sizes[(self.sizes >= 3) & (self.sizes <= FAST_MAX_POINTS)]
+        self.ring = np.zeros((N, int(fast_sizes.max(initial=3)), 2))  # (N, P_max, 2) interior on the left
+        self.convex = np.zeros(N, dtype=bool)  # (N,) handled by numpy clipping
+        self.area = np.zeros(N)  # (N,)
+        self.exact = np.zeros(N, dtype=bool)  # (N,) area taken from GEOS
+        self.bounds = np.full((N, 4), np.nan)  # (N, 4) xmin, ymin, xmax, ymax of the points; NaN when empty
+        self._geoms = np.full(N, None, dtype=object)  # (N,) lazily built shapely geometries
+        for P in np.unique(self.sizes[self.sizes >= 3]).tolist():
+            idx = np.flatnonzero(self.sizes == P)  # (n,)
+            block = self._flat[self._start[idx][:, None] + np.arange(P)]  # (n, P, 2)
+            finite = np.isfinite(block).all(axis=(1, 2))  # (n,)
+            self.bounds[idx[finite]] = np.concatenate([block.min(1), block.max(1)], axis=1)[finite]
+            if P > FAST_MAX_POINTS:
+                continue
+            convex, positive, area = _convex_info(block)
+            self.ring[idx, :P] = np.where(positive[:, None, None], block, block[:, ::-1])  # (n, P, 2)
+            self.convex[idx] = convex
+            self.area[idx] = area
+        other = np.flatnonzero(~self.convex)
+        if other.size:  # non-convex, invalid, degenerate or many-cornered: areas by the shapely rule
+            self.area[other] = shapely.area(self.geoms(other))
+            self.exact[other] = True
+
+    def view(self, start: int, stop: int) -> _Polygons:
+        """Polygons start:stop, sharing this object's arrays."""
+        part = object.__new__(_Polygons)
+        part._flat = self._flat
+        part._start = self._start[start : stop + 1]
+        for name in ("sizes", "ring", "convex", "area", "exact", "bounds", "_geoms"):
+            setattr(part, name, getattr(self, name)[start:stop])  # numpy slices are views
+        return part
+
+    def geoms(self, idx: np.ndarray) -> np.ndarray:
+        """Shapely geometries (len(idx),) by `to_geometries`' rule, built once per polygon."""
+        missing = np.unique(idx[[self._geoms[i] is None for i in idx]]) if len(idx) else idx
+        if missing.size:
+            pts = [self._flat[self._start[i] : self._start[i + 1]] for i in missing]  # each (P_i, 2)
+            self._geoms[missing] = to_geometries(pts)
+        return self._geoms[idx]
+
+    def settle_area(self, idx: np.ndarray) -> None:
+        """Replace the numpy areas of polygons idx by GEOS's."""
+        idx = np.unique(idx[~self.exact[idx]])
+        if idx.size:
+            self.area[idx] = shapely.area(self.geoms(idx))
+            self.exact[idx] = True
+
+
+def _convex_intersection_area(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Intersection areas (n,) of convex, positively oriented rings A (n, Pa, 2) and B (n, Pb, 2).
+
+    Green's theorem: the boundary of A ∩ B is the part of A's edges inside B plus the part of B's edges inside
+    A; each edge is clipped to the other polygon's half-planes (Cyrus-Beck) and contributes ½ cross(q0, q1).
+    An edge lying on the other polygon's boundary counts once (A's edge, when both run the same way) or not at
+    all (opposite ways: the overlap there has no width).
+    """
+    origin = A[:, :1, :]  # (n, 1, 2): local coordinates keep the shoelace sums small
+    A, B = A - origin, B - origin
+    Ax, Ay, Bx, By = A[..., 0], A[..., 1], B[..., 0], B[..., 1]  # (n, Pa), (n, Pa), (n, Pb), (n, Pb)
+    return _clipped_boundary(Ax, Ay, Bx, By, owner=True) + _clipped_boundary(Bx, By, Ax, Ay, owner=False)
+
+
+def _clipped_boundary(
+    Sx: np.ndarray, Sy: np.ndarray, Cx: np.ndarray, Cy: np.ndarray, owner: bool
+) -> np.ndarray:
+    """½ Σ cross(q0, q1) over the parts [q0, q1] of S's edges inside C. S (n, Ps), C (n, Pc) -> (n,).
+
+    C's edges all have a length (convex rings have no repeated corner), so each is a real half-plane.
+    """
+    n, Ps = Sx.shape
+    Pc = Cx.shape[1]
+    dx, dy = np.roll(Sx, -1, axis=1) - Sx, np.roll(Sy, -1, axis=1) - Sy  # (n, Ps) edge vectors of S
+    t_in = np.zeros((n, Ps))  # entering parameter along each S edge, max(0, ...)
+    t_out = np.ones((n, Ps))  # leaving parameter, min(1, ...)
+    blocked = np.zeros((n, Ps), dtype=bool)  # parallel to and outside (or on) one of C's edges
+    for k in range(Pc):  # one half-plane of C at a time: elementwise ops only, no tiny-axis reductions
+        cx, cy = Cx[:, k : k + 1], Cy[:, k : k + 1]  # (n, 1) corner k
+        ex, ey = Cx[:, (k + 1) % Pc, None] - cx, Cy[:, (k + 1) % Pc, None] - cy  # (n, 1) edge k
+        alpha = ex * (Sy - cy) - ey * (Sx - cx)  # (n, Ps) >= 0: S's corner on the inner side
+        beta = ex * dy - ey * dx  # (n, Ps) > 0: S's edge heads inwards
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = -alpha / beta  # (n, Ps) where S's edge crosses the line of C's edge
+        t_in = np.where(beta > 0, np.maximum(t_in, t), t_in)
+        t_out = np.where(beta < 0, np.minimum(t_out, t), t_out)
+        if owner:  # A's edge on B's boundary counts when both run the same way
+            blocked |= (beta == 0) & ((alpha < 0) | ((alpha == 0) & (ex * dx + ey * dy <= 0)))
+        else:  # B's edge on A's boundary: A's own edge counted it (or it cancels)
+            blocked |= (beta == 0) & (alpha <= 0)
+    inside = (t_out > t_in) & ~blocked  # (n, Ps)
+    q0x, q0y = Sx + t_in * dx, Sy + t_in * dy  # (n, Ps)
+    q1x, q1y = Sx + t_out * dx, Sy + t_out * dy  # (n, Ps)
+    return 0.5 * np.where(inside, q0x * q1y - q0y * q1x, 0.0).sum(axis=1)
+
+
+def _geos_intersection_area(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """GEOS intersection areas (n,) of geometry arrays; a pair GEOS fails on counts 0 (RRC: exception -> 0)."""
+    try:
+        return shapely.area(shapely.intersection(a, b))
     except GEOSException:
-        # a topology failure somewhere: redo per pair, 0 for the failing ones (RRC: exception -> 0)
-        pairs = zip(g_idx, d_idx, strict=True)
-        areas = np.array([_safe_intersection_area(gt_geoms[g], det_geoms[d]) for g, d in pairs])
-    inter[g_idx, d_idx] = areas
-    return inter
+        return np.array([_safe_intersection_area(x, y) for x, y in zip(a, b, strict=True)])
 
 
 def _safe_intersection_area(a: shapely.Geometry, b: shapely.Geometry) -> float:
@@ -180,37 +324,116 @@ def _safe_intersection_area(a: shapely.Geometry, b: shapely.Geometry) -> float:
         return 0.0
 
 
+def _intersections(
+    gt: _Polygons, det: _Polygons, gt_split: np.ndarray, det_split: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per image of a chunk: intersection areas (G_i, D_i) and which came from numpy clipping (G_i, D_i) bool.
+
+    gt_split / det_split (I + 1,): image i owns polygons split[i]:split[i + 1]. Only pairs whose bounding
+    boxes overlap are computed, for the whole chunk at once: convex pairs by numpy clipping (grouped by
+    corner counts), the rest by one vectorised GEOS call.
+    """
+    g_parts, d_parts, counts = [], [], []
+    for i in range(len(gt_split) - 1):
+        g0, d0 = gt_split[i], det_split[i]
+        gb, db = gt.bounds[g0 : gt_split[i + 1]], det.bounds[d0 : det_split[i + 1]]  # (G_i, 4), (D_i, 4)
+        overlap = (
+            (gb[:, None, 0] <= db[None, :, 2])
+            & (db[None, :, 0] <= gb[:, None, 2])
+            & (gb[:, None, 1] <= db[None, :, 3])
+            & (db[None, :, 1] <= gb[:, None, 3])
+        )  # (G_i, D_i); NaN bounds compare False: empty polygons overlap nothing
+        g_idx, d_idx = np.nonzero(overlap)
+        g_parts.append(g_idx + g0)
+        d_parts.append(d_idx + d0)
+        counts.append(len(g_idx))
+    g_all = np.concatenate(g_parts) if g_parts else np.zeros(0, dtype=np.int64)  # (n,) chunk-global indices
+    d_all = np.concatenate(d_parts) if d_parts else np.zeros(0, dtype=np.int64)  # (n,)
+    areas = np.zeros(len(g_all))  # (n,)
+    fast = gt.convex[g_all] & det.convex[d_all]  # (n,)
+    if fast.any():
+        sizes = (
+            gt.sizes[g_all] * (FAST_MAX_POINTS + 1) + det.sizes[d_all]
+        )  # (n,) one code per corner-count pair
+        for code in np.unique(sizes[fast]):
+            sel = np.flatnonzero(fast & (sizes == code))
+            Pg, Pd = divmod(int(code), FAST_MAX_POINTS + 1)
+            areas[sel] = _convex_intersection_area(gt.ring[g_all[sel], :Pg], det.ring[d_all[sel], :Pd])
+    if (~fast).any():
+        areas[~fast] = _geos_intersection_area(gt.geoms(g_all[~fast]), det.geoms(d_all[~fast]))
+    out = []
+    start = 0
+    for i, n in enumerate(counts):
+        G, D = gt_split[i + 1] - gt_split[i], det_split[i + 1] - det_split[i]
+        inter = np.zeros((G, D))
+        approx = np.zeros((G, D), dtype=bool)
+        g_loc, d_loc = g_all[start : start + n] - gt_split[i], d_all[start : start + n] - det_split[i]
+        inter[g_loc, d_loc] = areas[start : start + n]
+        approx[g_loc, d_loc] = fast[start : start + n]
+        out.append((inter, approx))
+        start += n
+    return out
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den elementwise (broadcast), 0 where den <= 0."""
-    num, den = np.broadcast_arrays(num, den)
-    return np.divide(num, den, out=np.zeros(num.shape, dtype=np.float64), where=den > 0)
+    out = np.zeros(np.broadcast_shapes(num.shape, den.shape))
+    return np.divide(num, den, out=out, where=den > 0)
 
 
 @dataclass
 class _ImageGeometry:
     """Everything the matching needs of one image, computed once (the sweep re-thresholds only)."""
 
-    gt_area: np.ndarray  # (G,)
-    det_area: np.ndarray  # (D,)
-    inter: np.ndarray  # (G, D)
+    gt: _Polygons
+    det: _Polygons
+    inter: np.ndarray  # (G, D) intersection areas
+    approx: np.ndarray  # (G, D) bool: inter from numpy clipping (GEOS may differ in the last bits)
     gt_ignore: np.ndarray  # (G,) bool
     scores: np.ndarray  # (D,)
-    gt_bounds: np.ndarray  # (G, 4)
-    det_bounds: np.ndarray  # (D, 4)
+
+    def settle(self, near: np.ndarray) -> bool:
+        """Recompute with GEOS the numpy pairs flagged (G, D) near a threshold; True when anything changed.
+
+        A decision within SETTLE_TOL of a threshold is then exactly the one a plain shapely evaluation takes.
+        """
+        g, d = np.nonzero(near & self.approx)
+        if g.size == 0:
+            return False
+        self.inter[g, d] = _geos_intersection_area(self.gt.geoms(g), self.det.geoms(d))
+        self.approx[g, d] = False
+        self.gt.settle_area(g)
+        self.det.settle_area(d)
+        return True
 
 
-def _prepare(gt: Sequence[Instance], dets: Sequence[Detection]) -> _ImageGeometry:
-    gt_geoms = to_geometries([g.points for g in gt])  # (G,)
-    det_geoms = to_geometries([d.points for d in dets])  # (D,)
-    return _ImageGeometry(
-        gt_area=shapely.area(gt_geoms).astype(np.float64).reshape(-1),
-        det_area=shapely.area(det_geoms).astype(np.float64).reshape(-1),
-        inter=_intersections(gt_geoms, det_geoms),
-        gt_ignore=np.array([bool(g.ignore) for g in gt], dtype=bool).reshape(-1),
-        scores=np.array([float(d.score) for d in dets], dtype=np.float64).reshape(-1),
-        gt_bounds=shapely.bounds(gt_geoms).reshape(-1, 4),
-        det_bounds=shapely.bounds(det_geoms).reshape(-1, 4),
-    )
+def _prepare_chunk(pairs: Sequence[tuple[Sequence[Instance], Sequence[Detection]]]) -> list[_ImageGeometry]:
+    """The geometry of several images, computed together (numpy call overhead paid once per chunk)."""
+    gt_split = np.cumsum([0] + [len(gt) for gt, _ in pairs])  # (I + 1,)
+    det_split = np.cumsum([0] + [len(dets) for _, dets in pairs])  # (I + 1,)
+    gt_polys = _Polygons([g.points for gt, _ in pairs for g in gt])
+    det_polys = _Polygons([d.points for _, dets in pairs for d in dets])
+    out = []
+    for i, (inter, approx) in enumerate(_intersections(gt_polys, det_polys, gt_split, det_split)):
+        gt, dets = pairs[i]
+        out.append(
+            _ImageGeometry(
+                gt=gt_polys.view(gt_split[i], gt_split[i + 1]),
+                det=det_polys.view(det_split[i], det_split[i + 1]),
+                inter=inter,
+                approx=approx,
+                gt_ignore=np.array([bool(g.ignore) for g in gt], dtype=bool).reshape(-1),  # (G_i,)
+                scores=np.array([float(d.score) for d in dets], dtype=np.float64).reshape(-1),  # (D_i,)
+            )
+        )
+    return out
+
+
+def _prepared(pairs: Iterable[tuple[Sequence[Instance], Sequence[Detection]]]) -> Iterator[_ImageGeometry]:
+    """The geometry of every image, prepared CHUNK images at a time."""
+    it = iter(pairs)
+    while chunk := list(itertools.islice(it, CHUNK)):
+        yield from _prepare_chunk(chunk)
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -290,11 +513,40 @@ class SweepResult:
 # --------------------------------------------------------------------------------------------- matching
 
 
+def _iou(geo: _ImageGeometry) -> np.ndarray:
+    """(G, D) inter / (area_G + area_D - inter), 0 where the union is 0."""
+    return _ratio(geo.inter, geo.gt.area[:, None] + geo.det.area[None, :] - geo.inter)
+
+
+def _area_recall(geo: _ImageGeometry) -> np.ndarray:
+    """(G, D) inter / area_G."""
+    return _ratio(geo.inter, geo.gt.area[:, None])
+
+
+def _area_precision(geo: _ImageGeometry) -> np.ndarray:
+    """(G, D) inter / area_D."""
+    return _ratio(geo.inter, geo.det.area[None, :])
+
+
+def _settled(
+    geo: _ImageGeometry,
+    ratio: Callable[[_ImageGeometry], np.ndarray],
+    thr: float,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """ratio(geo) (G, D), after GEOS has recomputed the numpy pairs (of `rows`) within SETTLE_TOL of thr."""
+    values = ratio(geo)
+    near = np.abs(values - thr) <= SETTLE_TOL  # (G, D)
+    if rows is not None:
+        near &= rows[:, None]
+    return ratio(geo) if geo.settle(near) else values
+
+
 def _dontcare_dets(geo: _ImageGeometry, keep: np.ndarray, dc_thr: float) -> np.ndarray:
     """(D,) bool: kept detections covered more than dc_thr by some don't-care GT (by their own area)."""
     if not geo.gt_ignore.any():
         return np.zeros_like(keep)
-    covered = _ratio(geo.inter[geo.gt_ignore], geo.det_area[None, :])  # (G_dc, D) inter / area(D)
+    covered = _settled(geo, _area_precision, dc_thr, rows=geo.gt_ignore)[geo.gt_ignore]  # (G_dc, D)
     return keep & (covered > dc_thr).any(axis=0)
 
 
@@ -302,17 +554,15 @@ def _match_iou(geo: _ImageGeometry, keep: np.ndarray, p: IoUProtocol) -> ImageRe
     G, D = geo.inter.shape
     det_dc = _dontcare_dets(geo, keep, p.dc_thr)  # (D,)
     det_care = keep & ~det_dc  # (D,)
-    iou = _ratio(geo.inter, geo.gt_area[:, None] + geo.det_area[None, :] - geo.inter)  # (G, D)
+    iou = _settled(geo, _iou, p.iou_thr)  # (G, D)
     candidate = (iou > p.iou_thr) & ~geo.gt_ignore[:, None] & det_care[None, :]  # (G, D)
     gt_matched = np.zeros(G, dtype=bool)
     det_matched = np.zeros(D, dtype=bool)
     pairs: list[tuple[int, int]] = []
-    for g in np.flatnonzero(candidate.any(axis=1)):  # GT-major: GTs in order ...
-        free = np.flatnonzero(candidate[g] & ~det_matched)  # ... the first unmatched det in order
-        if free.size:
-            d = int(free[0])
+    for g, d in zip(*(ix.tolist() for ix in np.nonzero(candidate)), strict=True):  # GT-major, dets in order
+        if not (gt_matched[g] or det_matched[d]):
             gt_matched[g] = det_matched[d] = True
-            pairs.append((int(g), d))
+            pairs.append((g, d))
     return ImageResult(
         gt_care=int((~geo.gt_ignore).sum()),
         det_care=int(det_care.sum()),
@@ -330,10 +580,11 @@ def _match_iou(geo: _ImageGeometry, keep: np.ndarray, p: IoUProtocol) -> ImageRe
 
 def _centre_ok(geo: _ImageGeometry, thr: float) -> np.ndarray:
     """(G, D) bool: 2 * |c_G - c_D| / (diag_G + diag_D) < thr, with bounding-box centres and diagonals."""
-    gc = (geo.gt_bounds[:, :2] + geo.gt_bounds[:, 2:]) / 2  # (G, 2)
-    dc = (geo.det_bounds[:, :2] + geo.det_bounds[:, 2:]) / 2  # (D, 2)
-    gdiag = np.hypot(*(geo.gt_bounds[:, 2:] - geo.gt_bounds[:, :2]).T)  # (G,)
-    ddiag = np.hypot(*(geo.det_bounds[:, 2:] - geo.det_bounds[:, :2]).T)  # (D,)
+    gb, db = geo.gt.bounds, geo.det.bounds  # (G, 4), (D, 4)
+    gc = (gb[:, :2] + gb[:, 2:]) / 2  # (G, 2)
+    dc = (db[:, :2] + db[:, 2:]) / 2  # (D, 2)
+    gdiag = np.hypot(*(gb[:, 2:] - gb[:, :2]).T)  # (G,)
+    ddiag = np.hypot(*(db[:, 2:] - db[:, :2]).T)  # (D,)
     dist = np.linalg.norm(gc[:, None, :] - dc[None, :, :], axis=-1)  # (G, D)
     with np.errstate(invalid="ignore"):
         norm = _ratio(2 * dist, gdiag[:, None] + ddiag[None, :])  # (G, D); 0 for degenerate, masked below
@@ -345,8 +596,9 @@ def _match_deteval(geo: _ImageGeometry, keep: np.ndarray, p: DetEvalProtocol) ->
     det_dc = _dontcare_dets(geo, keep, p.dc_thr)  # (D,)
     det_care = keep & ~det_dc  # (D,)
     gt_care = ~geo.gt_ignore  # (G,)
-    r = _ratio(geo.inter, geo.gt_area[:, None])  # (G, D) area recall
-    prec = _ratio(geo.inter, geo.det_area[None, :])  # (G, D) area precision
+    _settled(geo, _area_recall, p.tr)  # settles the pairs near tr; the sums below are not settled
+    r = _area_recall(geo)  # (G, D)
+    prec = _settled(geo, _area_precision, p.tp)  # (G, D)
     gt_hit = np.zeros(G, dtype=bool)
     det_hit = np.zeros(D, dtype=bool)
     recall_acc = precision_acc = 0.0
@@ -417,7 +669,7 @@ def evaluate_image(
     min_score: float = 0.0,  # keep every detection unless asked: the RRC script applies no threshold
 ) -> ImageResult:
     """Match one image's detections (those with score >= min_score) to its ground truth."""
-    return _match(_prepare(gt, dets), resolve_protocol(protocol), min_score)
+    return _match(_prepare_chunk([(gt, dets)])[0], resolve_protocol(protocol), min_score)
 
 
 def _add(counts: dict[str, float], res: ImageResult) -> None:
@@ -449,7 +701,7 @@ def evaluate(
 ) -> EvalResult:
     """Dataset scores over (ground truth, detections) pairs, one pair per image."""
     proto = resolve_protocol(protocol)
-    per_image = [evaluate_image(gt, dets, proto, min_score) for gt, dets in pairs]
+    per_image = [_match(geo, proto, min_score) for geo in _prepared(pairs)]
     counts = _totals(per_image)
     precision, recall, hmean = _scores(counts)
     return EvalResult(precision, recall, hmean, per_image, counts, proto)
@@ -469,8 +721,7 @@ def threshold_sweep(
     if not thrs:
         raise ValueError("threshold_sweep needs at least one threshold")
     totals = [_totals([]) for _ in thrs]  # running global sums, one per threshold
-    for gt, dets in pairs:
-        geo = _prepare(gt, dets)
+    for geo in _prepared(pairs):
         for i, thr in enumerate(thrs):
             _add(totals[i], _match(geo, proto, thr))
     rows = [SweepRow(thr, *_scores(counts), counts=counts) for thr, counts in zip(thrs, totals, strict=True)]

@@ -166,7 +166,10 @@ def read_torchscript_tensors(data: bytes, source: str) -> dict[str, Tensor]:
         if f"{root}/byteorder" in names and z.read(f"{root}/byteorder").strip() not in (b"", b"little"):
             raise ValueError(f"{source}: big-endian TorchScript archives are not supported")
         unpickler = _TensorsOnlyUnpickler(z.read(pkl[0]), lambda key: z.read(f"{root}/data/{key}"), source)
-        module = unpickler.load()
+        try:
+            module = unpickler.load()
+        except pickle.UnpicklingError as e:
+            raise ValueError(str(e)) from e
     out: dict[str, Tensor] = {}
     _flatten(module, "", out, set())
     if not out:

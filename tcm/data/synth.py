@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import shapely
 
+from tcm.data.formats import get_format
+from tcm.data.formats.td500 import rect_corners
 from tcm.types import Instance
 
 Kind = Literal["straight", "rotated", "perspective", "curved"]
@@ -39,7 +41,6 @@ FONTS = (
     cv2.FONT_HERSHEY_PLAIN,
 )
 ALPHABET = string.ascii_letters + string.digits
-TD500_THETA_DECIMALS = 6  # theta (radians) is rounded so the TD500 text line stores it exactly
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,14 @@ class Layout:
     """What geometry one annotation format can store, hence what the generator may produce for it."""
 
     kinds: tuple[Kind, ...]  # instance kinds drawn uniformly
-    quantise: Quantise  # "int": integer vertices; "rbox": TD500 (x, y, w, h: int, theta: rounded radians)
+    quantise: Quantise  # "int": integer vertices; "rbox": TD500 rectangle (integer x, y, w, h; float theta)
     curve_points: tuple[int, ...] = (7,)  # points per long side of a curved word: 7 + 7 = 14 (CTW1500)
     quad_points: int = 2  # points per long side of a quad word: 2 (4-point quad); CTW1500 stores 7 always
     ignore_text: str | None = "###"  # transcription of a don't-care word; None: the format has no don't-care
     has_text: bool = True  # False: the format stores no transcription (TD500) -> text ""
     ignore_fraction: float = 0.1  # share of don't-care words (blurred, low contrast)
     tiny_fraction: float = 0.1  # share of words whose short side is < 8 px (DB's min_text_size)
+    key_format: str = "{k}"  # image key of the k-th image (1-based), as the dataset numbers its images
 
 
 ALL_KINDS: tuple[Kind, ...] = ("straight", "rotated", "perspective", "curved")
@@ -68,7 +70,9 @@ def layout_for(fmt: str) -> Layout:
         case "icdar2015" | "mlt17":  # 8 integers: quads only
             return Layout(kinds=("straight", "rotated", "perspective"), quantise="int")
         case "td500":  # x y w h theta: rotated rectangles only, no transcription
-            return Layout(kinds=("straight", "rotated"), quantise="rbox", has_text=False)
+            return Layout(
+                kinds=("straight", "rotated"), quantise="rbox", has_text=False, key_format="IMG_{k:04d}"
+            )
         case "ctw1500":  # always 14 points
             return Layout(kinds=ALL_KINDS, quantise="int", quad_points=7)
         case "totaltext":  # any number of points; don't-care is "#"
@@ -88,30 +92,21 @@ class Rendered:
     instances: list[Instance]
 
 
-def td500_corners(x: float, y: float, w: float, h: float, theta: float) -> np.ndarray:
-    """(4, 2) corners of TD500's rectangle: (x, y, w, h) unrotated, rotated by theta radians about its centre."""
-    cx, cy = x + w / 2, y + h / 2
-    xs = np.array([x, x + w, x + w, x]) - cx
-    ys = np.array([y, y, y + h, y + h]) - cy
-    c, s = math.cos(theta), math.sin(theta)
-    return np.stack([cx + c * xs - s * ys, cy + s * xs + c * ys], axis=1)  # (4, 2)
-
-
 # ---------------------------------------------------------------------------------------------- background
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Gradient + blotchy low-frequency texture + random shapes and lines + pixel noise."""
     H, W = height, width
+    G = 8  # low-resolution grid of the smooth part (gradient + blotches), upsampled once: cheap at any size
     c0, c1 = rng.uniform(0, 255, (2, 3))
     angle = rng.uniform(0, 2 * math.pi)
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)  # (H, W) each
-    t = xx * math.cos(angle) + yy * math.sin(angle)
-    t = (t - t.min()) / max(float(np.ptp(t)), 1.0)  # (H, W) in [0, 1]
-    img = c0 + (c1 - c0) * t[..., None]  # (H, W, 3)
-    blotch = rng.normal(0, rng.uniform(5, 30), (6, 6, 3)).astype(np.float32)
-    img += cv2.resize(blotch, (W, H), interpolation=cv2.INTER_CUBIC)  # (H, W, 3)
-    img = np.clip(img, 0, 255).astype(np.uint8)
+    g = np.linspace(0, 1, G)
+    t = g[None, :] * math.cos(angle) * W + g[:, None] * math.sin(angle) * H  # (G, G) along the gradient
+    t = (t - t.min()) / max(float(np.ptp(t)), 1.0)  # (G, G) in [0, 1]
+    smooth = c0 + (c1 - c0) * t[..., None] + rng.normal(0, rng.uniform(5, 30), (G, G, 3))  # (G, G, 3)
+    smooth = np.clip(smooth, 0, 255).astype(np.uint8)
+    img = cv2.resize(smooth, (W, H), interpolation=cv2.INTER_LINEAR)  # (H, W, 3)
     for _ in range(int(rng.integers(3, 12))):
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         p = rng.integers(0, [W, H], (2, 2))  # two random points
@@ -128,8 +123,8 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
                 cv2.fillPoly(img, [pts], colour, cv2.LINE_AA)
     if rng.random() < 0.5:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 2.0))
-    noise = rng.normal(0, rng.uniform(1, 8), (H, W, 1))  # (H, W, 1) grey grain
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
+    noise = rng.standard_normal((H, W, 3), dtype=np.float32) * rng.uniform(1, 8)  # (H, W, 3) grain
+    return cv2.add(img, noise, dtype=cv2.CV_8U)  # saturating
 
 
 # ----------------------------------------------------------------------------------------------------- words
@@ -167,12 +162,13 @@ def _word_patch(rng: np.random.Generator, text: str, ink_height: float, pad: int
     return np.pad(ink, pad)
 
 
-def _pick_colour(rng: np.random.Generator, under: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """A BGR colour whose luma differs from the mean luma of `under` by lo..hi."""
+def _pick_colour(rng: np.random.Generator, under: np.ndarray, lo: float, hi: float, near: bool) -> np.ndarray:
+    """A BGR colour whose luma differs from the mean luma of `under` by lo..hi; `near`: a tint of that mean."""
     luma = np.array([0.114, 0.587, 0.299])  # BGR weights (ITU-R BT.601)
-    bg = float(under.reshape(-1, 3).mean(0) @ luma)
+    mean = under.reshape(-1, 3).mean(0)  # (3,) mean BGR under the word
+    bg = float(mean @ luma)
     for _ in range(20):
-        colour = rng.uniform(0, 255, 3)
+        colour = np.clip(mean + rng.uniform(-hi, hi, 3), 0, 255) if near else rng.uniform(0, 255, 3)
         if lo <= abs(float(colour @ luma) - bg) <= hi:
             return colour
     sign = -1.0 if bg > 127 else 1.0  # fall back to a grey on the far side of the background
@@ -226,15 +222,17 @@ def _relative_shape(
 def _curve(rng: np.random.Generator, L: float, T: float, k: int) -> tuple[np.ndarray, np.ndarray]:
     """k points on each side of a word of length L and thickness T bent along an arc or a sine."""
     s = np.linspace(-L / 2, L / 2, k)  # (k,) position along the word
-    if rng.random() < 0.6:  # circular arc of total bend `bend`; radius kept > thickness so sides never fold
-        bend = rng.uniform(0.6, min(2.5, 0.9 * L / max(T, 1))) * rng.choice([-1, 1])
+    if rng.random() < 0.6:  # circular arc of total bend `bend`; radius > thickness: the sides never fold
+        # at most 100 degrees, so with the +-30 degree turn below the ends stay within 80 degrees of upright
+        bend = rng.uniform(0.6, min(1.75, 0.9 * L / max(T, 1))) * rng.choice([-1, 1])
         kappa = bend / L
         psi = kappa * s  # (k,) tangent angle
         centre = np.stack([np.sin(psi) / kappa, (1 - np.cos(psi)) / kappa], axis=1)  # (k, 2)
     else:  # sine wave
         wavelength = rng.uniform(0.8, 2.0) * L
         w = 2 * math.pi / wavelength
-        amp = min(rng.uniform(0.08, 0.2) * L, 0.8 / (max(T, 1) * w * w))  # curvature amp w^2 < 1 / T: no folds
+        # peak curvature amp * w^2 stays below 1 / T: the inner side never folds
+        amp = min(rng.uniform(0.08, 0.2) * L, 0.8 / (max(T, 1) * w * w))
         phase = rng.uniform(0, 2 * math.pi)
         centre = np.stack([s, amp * np.sin(w * s + phase)], axis=1)  # (k, 2)
         psi = np.arctan(amp * w * np.cos(w * s + phase))  # (k,)
@@ -248,27 +246,24 @@ def _curve(rng: np.random.Generator, L: float, T: float, k: int) -> tuple[np.nda
 
 def _strips_ok(top: np.ndarray, bottom: np.ndarray) -> bool:
     """Every strip quad (top[i], top[i+1], bottom[i+1], bottom[i]) is strictly convex and clockwise."""
-    for i in range(len(top) - 1):
-        q = np.array([top[i], top[i + 1], bottom[i + 1], bottom[i]])  # (4, 2)
-        d = np.roll(q, -1, axis=0) - q  # (4, 2) edge vectors
-        cross = d[:, 0] * np.roll(d, -1, axis=0)[:, 1] - d[:, 1] * np.roll(d, -1, axis=0)[:, 0]  # (4,)
-        if not (cross > 1e-6).all():
-            return False
-    return True
+    q = np.stack([top[:-1], top[1:], bottom[1:], bottom[:-1]], axis=1)  # (k-1, 4, 2)
+    d = np.roll(q, -1, axis=1) - q  # (k-1, 4, 2) edge vectors
+    dn = np.roll(d, -1, axis=1)  # (k-1, 4, 2) next edge
+    return bool((d[..., 0] * dn[..., 1] - d[..., 1] * dn[..., 0] > 1e-6).all())
 
 
 def _place(
     rng: np.random.Generator, kind: Kind, w: int, h: int, layout: Layout, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Quantised top and bottom points (k, 2) of a word box placed at random inside the image, or None."""
-    if layout.quantise == "rbox":  # TD500: integer (x, y, w, h), theta with TD500_THETA_DECIMALS
-        theta = 0.0 if kind == "straight" else round(rng.uniform(-math.pi / 4, math.pi / 4), TD500_THETA_DECIMALS)
-        rel = td500_corners(0, 0, w - 1, h - 1, theta)  # (4, 2)
+    if layout.quantise == "rbox":  # TD500: integer (x, y, w, h), any theta (the writer stores its repr)
+        theta = 0.0 if kind == "straight" else rng.uniform(-math.pi / 4, math.pi / 4)
+        rel = rect_corners(0, 0, w - 1, h - 1, theta)  # (4, 2)
         lo, hi = np.ceil(-rel.min(0)), np.floor(np.array([width - 1, height - 1]) - rel.max(0))
         if (hi < lo).any():
             return None
         x, y = (int(rng.integers(int(a), int(b) + 1)) for a, b in zip(lo, hi, strict=True))
-        quad = td500_corners(x, y, w - 1, h - 1, theta)  # (4, 2) clockwise from top-left
+        quad = rect_corners(x, y, w - 1, h - 1, theta)  # (4, 2) clockwise from top-left
         return quad[:2], quad[[3, 2]]
     top, bottom = _relative_shape(rng, kind, w, h, layout)
     if kind != "curved" and layout.quad_points > 2:
@@ -305,35 +300,36 @@ def _warp_strips(
     """Patch (h, w) cut into k-1 vertical strips, each mapped bilinearly onto its quad of the polygon."""
     h, w = patch.shape
     k = len(top)
-    yy, xx = np.mgrid[0:bh, 0:bw].astype(np.float64)
-    px, py = xx + x0, yy + y0  # (bh, bw) image coordinates of every output pixel
-    map_x = np.full((bh, bw), -10.0)  # outside every strip: samples the zero border
-    map_y = np.full((bh, bw), -10.0)
+    map_x = np.full((bh, bw), -10.0, np.float32)  # outside every strip: samples the zero border
+    map_y = np.full((bh, bw), -10.0, np.float32)
     du = (w - 1) / (k - 1)
     for i in range(k - 1):
         # P(s, t) = a + s e + t f + s t g over the strip (a, b, c, d) = (top i, top i+1, bottom i+1, bottom i)
         a, b, c, d = top[i], top[i + 1], bottom[i + 1], bottom[i]
+        quad = np.array([a, b, c, d])  # (4, 2)
+        qx0, qy0 = np.floor(quad.min(0)).astype(int) - [x0, y0]
+        qx1, qy1 = np.ceil(quad.max(0)).astype(int) + 1 - [x0, y0]
+        px = np.arange(qx0, qx1, dtype=np.float64)[None, :] + x0  # (1, qw) image x of the strip's pixels
+        py = np.arange(qy0, qy1, dtype=np.float64)[:, None] + y0  # (qh, 1)
         e, f, g = b - a, d - a, a - b + c - d
-        hx, hy = px - a[0], py - a[1]  # (bh, bw)
-
+        hx, hy = px - a[0], py - a[1]  # (1, qw), (qh, 1)
         k2 = _cross(g[0], g[1], f[0], f[1])
-        k1 = _cross(e[0], e[1], f[0], f[1]) + _cross(hx, hy, g[0], g[1])
-        k0 = _cross(hx, hy, e[0], e[1])
+        k1 = _cross(e[0], e[1], f[0], f[1]) + _cross(hx, hy, g[0], g[1])  # (qh, qw)
+        k0 = _cross(hx, hy, e[0], e[1])  # (qh, qw)
         if abs(k2) < 1e-9:  # opposite sides parallel: linear in t
             t = -k0 / np.where(np.abs(k1) < 1e-12, 1e-12, k1)
         else:
             disc = np.sqrt(np.maximum(k1 * k1 - 4 * k0 * k2, 0.0))
             t1, t2 = (-k1 - disc) / (2 * k2), (-k1 + disc) / (2 * k2)
-            t = np.where((t1 >= -1e-9) & (t1 <= 1 + 1e-9), t1, t2)
-        ex, ey = e[0] + g[0] * t, e[1] + g[1] * t  # (bh, bw) the s-direction at this t
+            t = np.where((t1 >= -1e-9) & (t1 <= 1 + 1e-9), t1, t2)  # (qh, qw)
+        ex, ey = e[0] + g[0] * t, e[1] + g[1] * t  # (qh, qw) the s-direction at this t
         sx, sy = hx - f[0] * t, hy - f[1] * t
-        s = (sx * ex + sy * ey) / np.maximum(ex * ex + ey * ey, 1e-12)
+        s = (sx * ex + sy * ey) / np.maximum(ex * ex + ey * ey, 1e-12)  # (qh, qw)
         inside = (s >= -1e-9) & (s <= 1 + 1e-9) & (t >= -1e-9) & (t <= 1 + 1e-9)
-        map_x[inside] = (i + s[inside]) * du
-        map_y[inside] = t[inside] * (h - 1)
-    return cv2.remap(
-        patch, map_x.astype(np.float32), map_y.astype(np.float32), cv2.INTER_LINEAR, borderValue=0
-    )
+        mx, my = map_x[qy0:qy1, qx0:qx1], map_y[qy0:qy1, qx0:qx1]  # views into the maps
+        mx[inside] = (i + s[inside]) * du
+        my[inside] = t[inside] * (h - 1)
+    return cv2.remap(patch, map_x, map_y, cv2.INTER_LINEAR, borderValue=0)
 
 
 # ---------------------------------------------------------------------------------------------------- render
@@ -349,7 +345,7 @@ def render_layers(
     """Background, image and exact instances. See `render_image`."""
     H, W = height, width
     background = _background(rng, H, W)
-    img = background.astype(np.float32)  # (H, W, 3)
+    img = background.copy()  # (H, W, 3) uint8; words never overlap, so each is blended once
     placed: list[shapely.Polygon] = []
     instances: list[Instance] = []
     scale = min(H, W) / 256  # word sizes are tuned at 256 x 256
@@ -386,20 +382,16 @@ def render_layers(
                 alpha = _warp_quad(patch, np.array([*top, bottom[1], bottom[0]]), x0, y0, x1 - x0, y1 - y0)
             else:
                 alpha = _warp_strips(patch, top, bottom, x0, y0, x1 - x0, y1 - y0)
-            region = img[y0:y1, x0:x1]  # (bh, bw, 3)
+            region = img[y0:y1, x0:x1].astype(np.float32)  # (bh, bw, 3)
             lo, hi = (25.0, 50.0) if ignore else (90.0, 255.0)  # don't care is faint; the rest legible
-            colour = _pick_colour(rng, region, lo, hi)
+            colour = _pick_colour(rng, region, lo, hi, near=ignore)
             a = alpha[..., None].astype(np.float32) / 255  # (bh, bw, 1)
-            img[y0:y1, x0:x1] = region * (1 - a) + colour * a
+            img[y0:y1, x0:x1] = np.rint(region + (colour - region) * a).astype(np.uint8)  # a = 0: unchanged
             placed.append(poly)
-            if ignore:
-                label = layout.ignore_text or ""
-            else:
-                label = text if layout.has_text else ""
+            label = "" if not layout.has_text else (layout.ignore_text or "") if ignore else text
             instances.append(Instance(points=points.astype(np.float64), text=label, ignore=ignore))
             break
-    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    return Rendered(image=image, background=background, instances=instances)
+    return Rendered(image=img, background=background, instances=instances)
 
 
 def render_image(
@@ -438,8 +430,6 @@ def write_dataset(
     File names follow the dataset's own naming (`get_format(fmt).image_name` / `annotation_name`); image k
     (1-based) depends only on (seed, split, k). Returns (image file name, instances as written) per image.
     """
-    from tcm.data.formats import get_format  # TEMP until formats exist
-
     form = get_format(fmt)
     layout = layout_for(fmt)
     images = Path(out_dir) / split / "images"
@@ -449,7 +439,7 @@ def write_dataset(
     written: list[tuple[str, list[Instance]]] = []
     for k in range(1, n + 1):
         image, instances = render_image(image_rng(seed, split, k), height, width, layout)
-        name = form.image_name(str(k), ".jpg")
+        name = form.image_name(layout.key_format.format(k=k), ".jpg")
         ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])
         if not ok:
             raise RuntimeError(f"synth: cv2.imencode failed for {images / name}")

@@ -31,7 +31,7 @@ class FCEHead(nn.Module):
             raise ValueError(f"tcm/heads/fce.py: FCEHead wants C2..C5 channels, got in_channels={list(in_channels)}")
         self.cfg = cfg
         k = cfg.fourier_degree
-        self.neck = FPN(list(in_channels[1:]), cfg.neck_channels, num_outs=len(cfg.strides))
+        self.neck = FPN(list(in_channels), cfg.neck_channels, start_level=1)  # P3..P5 at strides 8/16/32
         self.cls = nn.Conv2d(cfg.neck_channels, 4, 3, padding=1)  # [TR bg, TR fg, TCL bg, TCL fg]
         self.reg = nn.Conv2d(cfg.neck_channels, 2 * (2 * k + 1), 3, padding=1)  # [real c_-k..c_k, imag ...]
         for conv in (self.cls, self.reg):
@@ -42,7 +42,7 @@ class FCEHead(nn.Module):
         self.register_buffer("fourier_sin", torch.as_tensor(sin, dtype=torch.float32), persistent=False)
 
     def forward(self, feats: list[Tensor]) -> dict[str, Tensor]:
-        levels = self.neck(list(feats[1:]))  # P3..P5: (B, neck_channels, H/s, W/s)
+        levels = self.neck(feats)  # P3..P5: (B, neck_channels, H/s, W/s)
         out: dict[str, Tensor] = {}
         for s, x in zip(self.cfg.strides, levels, strict=True):
             out[f"cls_s{s}"] = self.cls(x)  # (B, 4, H/s, W/s)

@@ -12,6 +12,7 @@ import numpy as np
 import shapely
 
 from tcm.config import FCEHeadConfig
+from tcm.geometry import min_area_quad, to_clockwise
 from tcm.types import Detection
 
 FOURIER_POINTS = 400  # boundary points the Fourier transform is taken over (FCENet / mmocr)
@@ -162,34 +163,53 @@ def center_region_polygon(
 # ------------------------------------------------------------------------------------------------- NMS
 
 
+def _valid_geometries(polygons: np.ndarray) -> np.ndarray:
+    """(M, N, 2) point arrays -> (M,) shapely geometries; invalid ones (self-intersecting) repaired as
+    tcm.evaluation does (make_valid, structure method, collapsed parts dropped)."""
+    geoms = shapely.polygons(polygons)  # (M,) closed rings
+    bad = ~shapely.is_valid(geoms)
+    if bad.any():
+        geoms[bad] = shapely.make_valid(geoms[bad], method="structure", keep_collapsed=False)
+    return geoms
+
+
 def poly_nms(polygons: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
     """Greedy polygon NMS. polygons (M, N, 2), scores (M,) -> kept indices, best first.
 
-    IoU by shapely (vectorised over the remaining candidates); an invalid polygon counts as IoU 1 (mmocr).
+    IoU by shapely on invalid-repaired polygons (mmocr 0.x `poly_nms`). Each round intersects the kept polygon
+    only with the remaining ones whose bounding boxes overlap it (one vectorised call), so thousands of small
+    disjoint candidates (an untrained network) cost ~M numpy box tests per kept polygon, not M shapely calls.
+    A polygon with no area (collapsed, e.g. all points truncated onto one pixel) can match no text: dropped.
     """
+    geoms = _valid_geometries(polygons)
+    areas = shapely.area(geoms)  # (M,)
+    boxes = np.concatenate([polygons.min(axis=1), polygons.max(axis=1)], axis=1)  # (M, 4) x0 y0 x1 y1
     order = np.argsort(-scores, kind="stable")
-    geoms = shapely.polygons(polygons)  # (M,) closed rings
-    valid = shapely.is_valid(geoms)
-    areas = shapely.area(geoms)
+    order = order[areas[order] > 0]
     keep: list[int] = []
     while order.size:
         i, rest = order[0], order[1:]
         keep.append(int(i))
-        iou = np.ones(rest.size)  # invalid pairs suppress
-        if valid[i]:
-            ok = valid[rest]
-            inter = shapely.area(shapely.intersection(geoms[i], geoms[rest[ok]]))
-            union = areas[i] + areas[rest[ok]] - inter
-            iou[ok] = np.where(union > 0, inter / np.maximum(union, 1e-12), 1.0)
-        order = rest[iou <= thresh]
+        b = boxes[rest]  # (R, 4)
+        near = (
+            (b[:, 0] <= boxes[i, 2]) & (b[:, 2] >= boxes[i, 0]) & (b[:, 1] <= boxes[i, 3]) & (b[:, 3] >= boxes[i, 1])
+        )  # (R,) bounding boxes overlap: the only candidates with IoU > 0
+        cand = rest[near]
+        inter = shapely.area(shapely.intersection(geoms[i], geoms[cand]))  # (R_near,)
+        iou = inter / (areas[i] + areas[cand] - inter)  # union > 0: both areas are
+        suppressed = np.zeros(rest.size, dtype=bool)
+        suppressed[np.flatnonzero(near)[iou > thresh]] = True
+        order = rest[~suppressed]
     return np.asarray(keep, dtype=np.int64)
 
 
-def _clockwise(points: np.ndarray) -> np.ndarray:
-    """Reverse a (P, 2) polygon unless it is clockwise on screen (y down): ICDAR's sum (x1-x0)(y1+y0) <= 0."""
-    nxt = np.roll(points, -1, axis=0)
-    edge_sum = float(((nxt[:, 0] - points[:, 0]) * (nxt[:, 1] + points[:, 1])).sum())
-    return points if edge_sum <= 0 else points[::-1].copy()
+def _unique_best(polygons: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop repeated (integer) polygons, keeping each one's best score: identical IoU-1 copies only cost NMS time."""
+    M, N, _ = polygons.shape
+    order = np.argsort(-scores, kind="stable")
+    _, first = np.unique(polygons[order].reshape(M, N * 2), axis=0, return_index=True)  # rows (M, 2N)
+    pick = order[np.sort(first)]  # best-first, one per distinct polygon
+    return polygons[pick], scores[pick]
 
 
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -323,9 +343,9 @@ class FCECodec:
         for i in keep:
             pts = all_polys[i]
             if cfg.mode == "quad":
-                pts = cv2.boxPoints(cv2.minAreaRect(pts.astype(np.float32))).astype(np.float64)  # (4, 2)
+                pts = min_area_quad(pts)  # (4, 2)
             pts = pts * np.array([sx, sy], dtype=np.float64)
-            dets.append(Detection(points=_clockwise(pts), score=float(all_scores[i])))
+            dets.append(Detection(points=to_clockwise(pts), score=float(all_scores[i])))
         return dets
 
     def _decode_level(self, cls: np.ndarray, reg: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -347,6 +367,7 @@ class FCECodec:
             imag[:, k] += ys
             cand = np.trunc(fourier_to_polygons(real * stride, imag * stride, cfg.num_reconstr_points))
             cand_scores = score[ys, xs].astype(np.float64)  # (M,)
+            cand, cand_scores = _unique_best(cand, cand_scores)
             keep = poly_nms(cand, cand_scores, cfg.nms_thresh)
             polys.append(cand[keep])
             scores.append(cand_scores[keep])

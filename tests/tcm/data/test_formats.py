@@ -26,7 +26,9 @@ def box(xmin: float, ymin: float, xmax: float, ymax: float) -> np.ndarray:
     return poly(xmin, ymin, xmax, ymin, xmax, ymax, xmin, ymax)
 
 
-def assert_instances(got: list[Instance], want: list[tuple[np.ndarray, str, bool]], atol: float = 0.0) -> None:
+def assert_instances(
+    got: list[Instance], want: list[tuple[np.ndarray, str, bool]], atol: float = 0.0
+) -> None:
     assert len(got) == len(want)
     for instance, (points, text, ignore) in zip(got, want, strict=True):
         assert instance.points.dtype == np.float64
@@ -43,7 +45,17 @@ def assert_instances(got: list[Instance], want: list[tuple[np.ndarray, str, bool
 QUAD = poly(377, 117, 463, 117, 465, 130, 378, 130)
 FLOAT_QUAD = poly(0.5, -1.25, 1e-7, 3.0, 1280.0000001, 719.9999, 2.5e6, 0.1)
 CURVE = poly(*range(28))  # 14 points as in CTW1500
-TEXTS = ["Genaxis Theatre", "a,b,,c", 'say "hi"', "it's", "back\\slash", " spaced ", "", "中文,日本語", "####x"]
+TEXTS = [
+    "Genaxis Theatre",
+    "a,b,,c",
+    'say "hi"',
+    "it's",
+    "back\\slash",
+    " spaced ",
+    "",
+    "中文,日本語",
+    "####x",
+]
 
 ROUND_TRIPS: dict[str, list[Instance]] = {
     "icdar2013": [Instance(box(158, 128, 411, 181), t) for t in TEXTS]
@@ -115,7 +127,11 @@ def test_mlt17_drops_the_script_and_keeps_commas() -> None:
     data = b"10,20,30,20,30,40,10,40,Latin,Hello, world\n1,1,2,1,2,2,1,2,Arabic,###\n"
     got = get_format("mlt17").parse(data, "gt_img_3.txt")
     assert_instances(
-        got, [(poly(10, 20, 30, 20, 30, 40, 10, 40), "Hello, world", False), (poly(1, 1, 2, 1, 2, 2, 1, 2), "###", True)]
+        got,
+        [
+            (poly(10, 20, 30, 20, 30, 40, 10, 40), "Hello, world", False),
+            (poly(1, 1, 2, 1, 2, 2, 1, 2), "###", True),
+        ],
     )
 
 
@@ -139,12 +155,12 @@ def test_td500_rotates_about_the_centre() -> None:
 
 def test_totaltext_reads_wrapped_records_and_quotes() -> None:
     data = (
-        "x: [[115 503 494\n"
-        "   115]], y: [[322 346 426 404]], ornt: [u'h'], transcriptions: [u'nauGHTY']\n"
-        "x: [[1 2 3]], y: [[4 5\n6]], ornt: [u'#'], transcriptions: [u'#']\n"
-        "x: [[1 2 3]], y: [[4 5 6]], ornt: [u'c'], transcriptions: []\n"
-        "x: [[1 2 3]], y: [[4 5 6]], ornt: ['m'], transcriptions: [u\"it's, [ok]\"]\n"
-    ).encode()
+        b"x: [[115 503 494\n"
+        b"   115]], y: [[322 346 426 404]], ornt: [u'h'], transcriptions: [u'nauGHTY']\n"
+        b"x: [[1 2 3]], y: [[4 5\n6]], ornt: [u'#'], transcriptions: [u'#']\n"
+        b"x: [[1 2 3]], y: [[4 5 6]], ornt: [u'c'], transcriptions: []\n"
+        b"x: [[1 2 3]], y: [[4 5 6]], ornt: ['m'], transcriptions: [u\"it's, [ok]\"]\n"
+    )
     got = get_format("totaltext").parse(data, "poly_gt_img11.txt")
     tri = poly(1, 4, 2, 5, 3, 6)
     want = [(poly(115, 322, 503, 346, 494, 426, 115, 404), "nauGHTY", False)]
@@ -156,7 +172,9 @@ def test_ctw1500_reads_test_txt_lines() -> None:
     coords = ",".join(str(v) for v in range(100, 128))  # 28 values = 14 points
     data = f"{coords},####Hello, world\n1,2,3,4,5,6,#######\n".encode()
     got = get_format("ctw1500").parse(data, "0001001.txt")
-    assert_instances(got, [(poly(*range(100, 128)), "Hello, world", False), (poly(1, 2, 3, 4, 5, 6), "###", True)])
+    assert_instances(
+        got, [(poly(*range(100, 128)), "Hello, world", False), (poly(1, 2, 3, 4, 5, 6), "###", True)]
+    )
 
 
 def test_ctw1500_reads_training_xml_segs() -> None:
@@ -193,7 +211,12 @@ BAD_FILES = [
     ("ctw1500", b"<Annotations>\n<image>\n<box><segs>1,2</segs>\n</image>\n", 4, "malformed XML"),
     ("ctw1500", b"<Annotations>\n<box><label>x</label></box>\n</Annotations>", 2, "without <segs>"),
     ("totaltext", b"x: [[1 2 3]], y: [[4 5]], ornt: [u'c'], transcriptions: [u'a']\n", 1, "x values"),
-    ("totaltext", b"x: [[1 2]], y: [[1 2]], ornt: [u'c'], transcriptions: [u'a']\nx: [[1]], y: oops\n", 2, "x: [[...]]"),
+    (
+        "totaltext",
+        b"x: [[1 2]], y: [[1 2]], ornt: [u'c'], transcriptions: [u'a']\nx: [[1]], y: oops\n",
+        2,
+        "x: [[...]]",
+    ),
     ("totaltext", b"garbage\n", 1, "'x:'"),
 ]
 
@@ -256,7 +279,9 @@ def test_icdar2015_fixture_files() -> None:
         assert len(instances) == len(rows)
         assert sum(i.ignore for i in instances) == sum(row.endswith(",###") for row in rows)
         assert all(i.points.shape == (4, 2) for i in instances)
-        assert fmt.annotation_key(path) == fmt.image_key(FIXTURES / "images" / f"img_{fmt.annotation_key(path)}.jpg")
+        assert fmt.annotation_key(path) == fmt.image_key(
+            FIXTURES / "images" / f"img_{fmt.annotation_key(path)}.jpg"
+        )
 
 
 # --- pairing images with annotations ----------------------------------------------------------------------------

@@ -1,0 +1,405 @@
+"""Ray Data pipeline: ingested Parquet shards -> augmented, normalised images with their head targets.
+
+    manifest.json ──▶ listed shards only ──read_parquet──▶ few-shot subset (fraction) ──▶ copies / subsample
+    per source (mixing weights) ──mix──▶ map_batches(decode → augment → jitter → normalise → codec.encode)
+    ──▶ {"image": (B, 3, S, S) float32, <codec keys>: (B, ...) float32}
+
+The per-batch work is the plain function `encode_batch` (and `augment_row` / `encode_sample` below it), so a
+torch DataLoader or a benchmark runs exactly the code Ray Data runs.
+
+Reproducibility. Every random draw of a row comes from `row_rng(seed, epoch, repeat, row id)`: nothing depends
+on which worker handles the row or in which order. A Dataset is a plan that re-executes on every pass; pass k
+over the Dataset (the k-th epoch of a training loop, counted by Ray Data itself, as its own seeded `random()`
+expression and file shuffles do) draws the augmentation of epoch `epoch + k`, so one Dataset handed to a trainer
+gives fresh augmentation every epoch and a resumed run passes `epoch=<first epoch>` to continue the same stream.
+
+Mixing. Each source contributes weight_i / sum(weights) of an epoch of N = sum of the sources' (few-shot) row
+counts: a source whose share exceeds its size is repeated (copy k is another augmentation of the same image,
+`repeat` = k), a source whose share is smaller is sub-sampled by a per-epoch hash of the row id (a different
+subset each epoch, deterministic). Ray's `Dataset.mix` (present in the pinned Ray) then interleaves the sources
+by the same weights, so every part of the epoch has the mixture, not source after source.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray.data
+
+from pipelines import storage
+from pipelines.ingest import read_manifest
+from tcm.build import build_codec
+from tcm.config import DetectorConfig, HeadConfig
+from tcm.data.transforms import (
+    AugmentConfig,
+    Polygons,
+    colour_jitter,
+    decode_image,
+    normalize,
+    pad_image,
+    random_augment,
+    resize_for_test,
+)
+
+ROW_COLUMNS = ["id", "image", "polygons", "ignore"]  # all the pipeline reads of a unified row
+MAP_BATCH_SIZE = 4  # rows per map_batches call: 4 x (image + DB maps) at 640 ~ 60 MB, under Ray's 128 MB blocks
+NUM_WORKERS = 2  # concurrent augmentation tasks: the 2-core CI machine; raise on a cluster
+
+
+@dataclass(frozen=True)
+class Shards:
+    """The Parquet files a manifest lists for one split, on their filesystem."""
+
+    fs: pafs.FileSystem
+    paths: list[str]
+    manifest_uri: str
+
+
+def manifest_shards(manifest_uri: str, split: str) -> Shards:
+    """Only the files manifest.json lists (never a glob: a half-written or stray file is not data)."""
+    manifest = read_manifest(manifest_uri)
+    files = manifest.get("files", {})
+    if split not in files:
+        raise ValueError(f"{manifest_uri}/manifest.json: no split {split!r} under 'files' (have {sorted(files)})")
+    if not files[split]:
+        raise ValueError(f"{manifest_uri}/manifest.json: split {split!r} lists no shards (0 rows ingested?)")
+    root = storage.resolve(manifest_uri)
+    return Shards(root.fs, [root.join(rel).path for rel in files[split]], manifest_uri)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# deterministic hashing of row ids
+
+
+def id_unit(ids: Sequence[str], salt: str = "") -> np.ndarray:
+    """(N,) float64 in [0, 1): a uniform number per id, stable across processes, machines and runs."""
+    out = np.empty(len(ids), dtype=np.float64)
+    for i, row_id in enumerate(ids):
+        digest = hashlib.sha256(f"{salt}|{row_id}".encode()).digest()
+        out[i] = int.from_bytes(digest[:8], "little") / 2.0**64
+    return out
+
+
+def in_fraction(ids: Sequence[str], fraction: float) -> np.ndarray:
+    """(N,) bool: the few-shot subset. Depends on the id only, so the 10 % subset is the same every run and
+    nested in the 20 % one."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"data fraction must be in (0, 1], got {fraction}")
+    return id_unit(ids, "fraction") < fraction
+
+
+def row_rng(seed: int, epoch: int, repeat: int, row_id: str) -> np.random.Generator:
+    """The generator of one row's augmentation in one epoch (copy `repeat` of it when a source is repeated)."""
+    words = np.frombuffer(hashlib.sha256(row_id.encode()).digest()[:16], dtype=np.uint32)  # (4,)
+    return np.random.default_rng(np.random.SeedSequence([seed, epoch, repeat, *words.tolist()]))
+
+
+def _pass_index() -> int:
+    """How many times this Dataset has been executed before (0 outside Ray Data).
+
+    Ray Data copies the DataContext into each Dataset, counts successful executions in it and ships it to every
+    task; its seeded `random()` expression and FileShuffleConfig(reseed_after_execution) read the same counter.
+    """
+    context = ray.data.DataContext.get_current()
+    return int(getattr(context, "_execution_idx", 0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# per-row and per-batch functions (plain: Ray Data, a torch DataLoader and the benchmark all call these)
+
+
+def _columns(batch: pa.Table | Mapping[str, Any]) -> dict[str, list]:
+    if isinstance(batch, pa.Table):
+        return {name: batch.column(name).to_pylist() for name in batch.column_names}
+    return {name: list(values) for name, values in batch.items()}
+
+
+def _polygons(flat: Sequence[Sequence[float]] | None) -> Polygons:
+    """Unified-row polygons (x0, y0, x1, y1, ...) -> N arrays (P, 2)."""
+    return [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in (flat or [])]
+
+
+def augment_row(
+    row: Mapping[str, Any], *, aug_cfg: AugmentConfig, seed: int, epoch: int
+) -> tuple[np.ndarray, Polygons, list[bool]]:
+    """Decode and augment one unified row -> ((S, S, 3) uint8 BGR, polygons (P, 2) in it, ignore flags)."""
+    row_id = str(row["id"])
+    try:
+        image = decode_image(row["image"])
+    except ValueError as err:
+        raise ValueError(f"row {row_id!r}: {err}") from None
+    rng = row_rng(seed, epoch, int(row.get("repeat") or 0), row_id)
+    image, polygons, ignore = random_augment(image, _polygons(row["polygons"]), list(row["ignore"] or []), rng, aug_cfg)
+    return colour_jitter(image, rng, aug_cfg), polygons, ignore
+
+
+@functools.lru_cache(maxsize=8)
+def _codec(head: HeadConfig) -> Any:
+    return build_codec(head)  # once per worker process and head config
+
+
+def encode_sample(
+    image: np.ndarray, polygons: Polygons, ignore: list[bool], model_cfg: DetectorConfig
+) -> dict[str, np.ndarray]:
+    """(H, W, 3) uint8 BGR + polygons -> {"image": (3, H, W) float32, <codec target>: ...}."""
+    H, W = image.shape[:2]
+    out = {"image": normalize(image, model_cfg.pixel_mean, model_cfg.pixel_std)}
+    out.update(_codec(model_cfg.head).encode(polygons, ignore, H, W))
+    return out
+
+
+def check_sizes(model_cfg: DetectorConfig, aug_cfg: AugmentConfig) -> None:
+    if aug_cfg.crop_size != model_cfg.input_size:
+        raise ValueError(
+            f"augmentation crop_size={aug_cfg.crop_size} but model input_size={model_cfg.input_size}: "
+            "the training crop is the model's input size; set both to the same value"
+        )
+
+
+def encode_batch(
+    batch: pa.Table | Mapping[str, Any],
+    *,
+    model_cfg: DetectorConfig,
+    aug_cfg: AugmentConfig,
+    seed: int,
+    epoch: int,
+) -> dict[str, np.ndarray]:
+    """Unified rows (id, image, polygons, ignore[, repeat]) -> {"image": (B, 3, S, S) float32, targets (B, ...)}."""
+    cols = _columns(batch)
+    B = len(cols["id"])
+    samples = []
+    for i in range(B):
+        row = {name: values[i] for name, values in cols.items()}
+        image, polygons, ignore = augment_row(row, aug_cfg=aug_cfg, seed=seed, epoch=epoch)
+        samples.append(encode_sample(image, polygons, ignore, model_cfg))
+    if not samples:
+        return {}
+    return {key: np.stack([s[key] for s in samples]) for key in samples[0]}  # each (B, ...)
+
+
+def _encode_batch_ray(batch: pa.Table, **kwargs: Any) -> dict[str, np.ndarray]:
+    """`encode_batch` with the epoch advanced by the Dataset's pass count (see the module docstring)."""
+    kwargs["epoch"] += _pass_index()
+    return encode_batch(batch, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluation rows
+
+
+def eval_row(
+    row: Mapping[str, Any], *, model_cfg: DetectorConfig, long_side: int, short_side: int, canvas: int
+) -> dict[str, Any]:
+    """One unified row -> the network input on a canvas x canvas zero pad, `scale` (sx, sy) back to original
+    pixels (the `scale` of Codec.decode) and the ground truth as JSON (original pixels)."""
+    row_id = str(row["id"])
+    try:
+        image = decode_image(row["image"])
+    except ValueError as err:
+        raise ValueError(f"row {row_id!r}: {err}") from None
+    H, W = image.shape[:2]
+    resized, scale = resize_for_test(image, long_side, short_side, max_side=canvas)
+    return {
+        "image": normalize(pad_image(resized, canvas, canvas), model_cfg.pixel_mean, model_cfg.pixel_std),
+        "id": row_id,
+        "scale": np.asarray(scale, dtype=np.float64),  # (2,)
+        "width": W,
+        "height": H,
+        "gt_polygons": json.dumps([list(map(float, p)) for p in (row["polygons"] or [])]),
+        "gt_ignore": json.dumps([bool(v) for v in (row["ignore"] or [])]),
+    }
+
+
+def encode_eval_batch(
+    batch: pa.Table | Mapping[str, Any], *, model_cfg: DetectorConfig, long_side: int, short_side: int, canvas: int
+) -> dict[str, np.ndarray]:
+    cols = _columns(batch)
+    rows = [
+        eval_row({k: v[i] for k, v in cols.items()}, model_cfg=model_cfg, long_side=long_side,
+                 short_side=short_side, canvas=canvas)
+        for i in range(len(cols["id"]))
+    ]
+    if not rows:
+        return {}
+    return {
+        "image": np.stack([r["image"] for r in rows]),  # (B, 3, canvas, canvas)
+        "scale": np.stack([r["scale"] for r in rows]),  # (B, 2)
+        "width": np.array([r["width"] for r in rows], dtype=np.int64),
+        "height": np.array([r["height"] for r in rows], dtype=np.int64),
+        **{key: np.array([r[key] for r in rows], dtype=object) for key in ("id", "gt_polygons", "gt_ignore")},
+    }
+
+
+def parse_gt(gt_polygons: str, gt_ignore: str) -> tuple[Polygons, list[bool]]:
+    """The JSON ground truth of an eval row -> N arrays (P, 2) in original pixels and N ignore flags."""
+    return _polygons(json.loads(gt_polygons)), [bool(v) for v in json.loads(gt_ignore)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# row selection: few-shot subset, repeats / sub-sampling for the mixing weights
+
+
+def _select(table: pa.Table, *, fraction: float, repeat: int, keep: float, seed: int, epoch: int) -> pa.Table:
+    """Rows of the few-shot subset; for copy `repeat` of a source only a `keep` share of them, chosen by a
+    hash of (seed, epoch + pass, repeat, id). Adds the `repeat` column."""
+    ids = table.column("id").to_pylist()
+    mask = in_fraction(ids, fraction)
+    if keep < 1.0:
+        salt = f"mix/{seed}/{epoch + _pass_index()}/{repeat}"
+        mask &= id_unit(ids, salt) < keep
+    kept = table.filter(pa.array(mask))
+    return kept.append_column("repeat", pa.array(np.full(kept.num_rows, repeat, dtype=np.int32)))
+
+
+def count_rows(shards: Shards, fraction: float) -> int:
+    """Rows of the few-shot subset of a split (reads only the id column)."""
+    ids = pq.read_table(shards.paths, columns=["id"], filesystem=shards.fs).column("id").to_pylist()
+    return int(in_fraction(ids, fraction).sum())
+
+
+def mixing_plan(counts: Sequence[int], weights: Sequence[float]) -> list[list[float]]:
+    """Per source, the keep share of each copy so that source i gives weight_i / sum(w) of N = sum(counts) rows:
+    [1, 1, 0.4] = two full copies and 40 % of a third."""
+    if len(counts) != len(weights) or not counts:
+        raise ValueError(f"mixing: {len(counts)} sources but {len(weights)} weights")
+    if any(w <= 0 for w in weights) or any(n <= 0 for n in counts):
+        raise ValueError(f"mixing: weights must be > 0 and sources non-empty (weights {weights}, rows {counts})")
+    total, wsum = sum(counts), sum(weights)
+    plan = []
+    for n, w in zip(counts, weights, strict=True):
+        ratio = total * w / wsum / n  # copies of this source per epoch
+        plan.append([min(1.0, ratio - k) for k in range(math.ceil(ratio - 1e-9))])
+    return plan
+
+
+def select_rows(
+    sources: Sequence[tuple[str, float]],
+    split: str,
+    *,
+    seed: int,
+    fraction: float = 1.0,
+    epoch: int = 0,
+    num_workers: int = NUM_WORKERS,
+    cpus_per_task: float = 1.0,
+    columns: Sequence[str] = ROW_COLUMNS,
+    shuffle_files: bool = True,
+) -> ray.data.Dataset:
+    """The rows of one epoch, before augmentation: `columns` + `repeat`, sources mixed by their weights.
+    `shuffle_files`: read the shards in a new (seeded) order on every pass."""
+    if not sources:
+        raise ValueError("train data: no sources given")
+    shards = [manifest_shards(uri, split) for uri, _ in sources]
+    weights = [float(w) for _, w in sources]
+    if len(sources) == 1:
+        plan = [[1.0]]
+    else:
+        plan = mixing_plan([count_rows(s, fraction) for s in shards], weights)
+    compute = ray.data.TaskPoolStrategy(size=num_workers)
+    per_source = []
+    for src, keeps in zip(shards, plan, strict=True):
+        base = ray.data.read_parquet(
+            src.paths,
+            filesystem=src.fs,
+            columns=list(columns),
+            # file order changes every pass, reproducibly (seed + pass count)
+            shuffle=ray.data.FileShuffleConfig(seed=seed + epoch, reseed_after_execution=True) if shuffle_files else None,
+            num_cpus=cpus_per_task,
+        )
+        copies = [
+            base.map_batches(
+                _select,
+                batch_format="pyarrow",
+                compute=compute,
+                num_cpus=cpus_per_task,
+                fn_kwargs={"fraction": fraction, "repeat": k, "keep": keep, "seed": seed, "epoch": epoch},
+            )
+            for k, keep in enumerate(keeps)
+        ]
+        per_source.append(copies[0].union(*copies[1:]) if len(copies) > 1 else copies[0])
+    if len(per_source) == 1:
+        return per_source[0]
+    # keeps the ratio throughout the epoch; every row is produced (the plan already fixed the counts)
+    return per_source[0].mix(
+        *per_source[1:], weights=weights, stopping_condition=ray.data.MixStoppingCondition.STOP_ON_LONGEST_DROP
+    )
+
+
+def train_dataset(
+    sources: Sequence[tuple[str, float]],
+    split: str,
+    model_cfg: DetectorConfig,
+    aug_cfg: AugmentConfig,
+    seed: int,
+    fraction: float = 1.0,
+    *,
+    epoch: int = 0,
+    batch_size: int = MAP_BATCH_SIZE,
+    num_workers: int = NUM_WORKERS,
+    cpus_per_task: float = 1.0,
+) -> ray.data.Dataset:
+    """Training batches from (manifest_uri, weight) sources: {"image": (B, 3, S, S) float32, <targets of
+    model_cfg.head's codec>: (B, ...) float32} with S = aug_cfg.crop_size = model_cfg.input_size.
+
+    `epoch`: the epoch of the first pass (a resumed run passes the epoch it resumes at). `cpus_per_task`: CPUs
+    each read / augmentation task reserves (lower it when trainer workers hold the machine's CPUs)."""
+    check_sizes(model_cfg, aug_cfg)
+    rows = select_rows(
+        sources, split, seed=seed, fraction=fraction, epoch=epoch, num_workers=num_workers, cpus_per_task=cpus_per_task
+    )
+    return rows.map_batches(
+        _encode_batch_ray,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.TaskPoolStrategy(size=num_workers),
+        num_cpus=cpus_per_task,
+        fn_kwargs={"model_cfg": model_cfg, "aug_cfg": aug_cfg, "seed": seed, "epoch": epoch},
+    )
+
+
+def eval_dataset(
+    manifest_uri: str,
+    split: str,
+    model_cfg: DetectorConfig,
+    *,
+    long_side: int,
+    short_side: int,
+    canvas: int | None = None,
+    fraction: float = 1.0,
+    batch_size: int = MAP_BATCH_SIZE,
+    num_workers: int = NUM_WORKERS,
+    cpus_per_task: float = 1.0,
+) -> ray.data.Dataset:
+    """Validation / test rows, no augmentation: keep-ratio resize (long_side, short_side) as mmcv, padded to a
+    square `canvas` (default: long_side rounded up to /32; images that would exceed it are resized down to fit)
+    so batches stack. Columns: image (B, 3, canvas, canvas) float32, id, scale (B, 2) = (sx, sy) for
+    Codec.decode, width, height (original), gt_polygons / gt_ignore (JSON, original pixels; see `parse_gt`)."""
+    canvas = canvas or -(-long_side // 32) * 32
+    if canvas % 32:
+        raise ValueError(f"eval canvas {canvas} must be a multiple of 32 (the backbone's stride)")
+    rows = select_rows(
+        [(manifest_uri, 1.0)],
+        split,
+        seed=0,
+        fraction=fraction,
+        num_workers=num_workers,
+        cpus_per_task=cpus_per_task,
+        shuffle_files=False,
+    )
+    return rows.map_batches(
+        encode_eval_batch,
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.TaskPoolStrategy(size=num_workers),
+        num_cpus=cpus_per_task,
+        fn_kwargs={"model_cfg": model_cfg, "long_side": long_side, "short_side": short_side, "canvas": canvas},
+    )

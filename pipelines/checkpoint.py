@@ -1,0 +1,163 @@
+"""Checkpoints as plain files: state dicts (read back with `torch.load(weights_only=True)`) plus JSON.
+
+A checkpoint folder holds
+    model.pt        the detector's state dict (tensors only)
+    train_state.pt  optimiser and grad-scaler state dicts (absent in exported weights)
+    config.json     {"model": the DetectorConfig as JSON, "experiment": the resolved ExperimentConfig or null}
+    meta.json       {"epoch", "global_step", "mlflow_run_id", ...}: where the run was and whom it logs to
+
+Loading into a model built from another configuration fails with a `CheckpointMismatch` that names the config
+fields that differ (`model.tcm.num_prompts: checkpoint 4, config 18`), not a tensor-shape traceback. Fields that
+do not change any tensor (decode thresholds, the CLIP weights path) only warn.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import torch
+from torch import nn
+
+from pipelines import storage
+from pipelines.config import detector_config_from_dict, detector_config_to_dict, flatten
+from tcm.config import DetectorConfig
+
+MODEL_FILE = "model.pt"
+TRAIN_STATE_FILE = "train_state.pt"
+CONFIG_FILE = "config.json"
+META_FILE = "meta.json"
+FORMAT_VERSION = 1  # bump when the folder layout changes
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder is missing or unreadable. The message names it."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint does not fit the configured model. The message names the differing config fields."""
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read back from disk."""
+
+    path: str
+    model_state: dict[str, torch.Tensor]
+    detector: DetectorConfig
+    meta: dict[str, Any]
+    experiment: dict[str, Any] | None
+    train_state: dict[str, Any] | None
+
+    @property
+    def epoch(self) -> int:
+        return int(self.meta.get("epoch", -1))
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: nn.Module,
+    detector: DetectorConfig,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    experiment: Mapping[str, Any] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+) -> Path:
+    """Write a checkpoint folder (created). `model` is the bare module, not its DDP wrapper."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, directory / MODEL_FILE)
+    if optimizer is not None:
+        train_state: dict[str, Any] = {"optimizer": optimizer.state_dict()}
+        if scaler is not None:
+            train_state["scaler"] = scaler.state_dict()
+        torch.save(train_state, directory / TRAIN_STATE_FILE)
+    config = {"model": detector_config_to_dict(detector), "experiment": dict(experiment) if experiment else None}
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+    (directory / META_FILE).write_text(json.dumps({"format": FORMAT_VERSION, **(meta or {})}, indent=2))
+    return directory
+
+
+def read_checkpoint(directory: str | Path, *, with_train_state: bool = True) -> Checkpoint:
+    """Read a local checkpoint folder. Only tensors and plain containers are unpickled (weights_only)."""
+    directory = Path(directory)
+    for name in (MODEL_FILE, CONFIG_FILE, META_FILE):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: not a checkpoint folder ({name} missing)")
+    try:
+        model_state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+        train_state = None
+        if with_train_state and (directory / TRAIN_STATE_FILE).is_file():
+            train_state = torch.load(directory / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        meta = json.loads((directory / META_FILE).read_text())
+    except (OSError, RuntimeError, ValueError) as err:  # pickle refusing non-weights, truncated files, bad JSON
+        raise CheckpointError(f"{directory}: cannot read checkpoint ({err})") from None
+    detector = detector_config_from_dict(config["model"], source=str(directory / CONFIG_FILE))
+    return Checkpoint(str(directory), model_state, detector, meta, config.get("experiment"), train_state)
+
+
+@contextmanager
+def local_copy(uri: str) -> Iterator[Path]:
+    """A local folder with the checkpoint at `uri` (plain path, file:// or s3://), removed afterwards if copied."""
+    loc = storage.resolve(uri)
+    if isinstance(loc.fs, pafs.LocalFileSystem):
+        yield Path(loc.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="tcm-ckpt-") as tmp:
+        try:
+            pafs.copy_files(loc.path, tmp, source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
+        except OSError as err:
+            raise CheckpointError(f"{uri}: cannot copy checkpoint ({err})") from None
+        yield Path(tmp)
+
+
+def load_checkpoint(uri: str, *, with_train_state: bool = False) -> Checkpoint:
+    with local_copy(uri) as directory:
+        return read_checkpoint(directory, with_train_state=with_train_state)
+
+
+def config_diff(checkpoint: DetectorConfig, current: DetectorConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted field, checkpoint value, current value) for every model field that differs."""
+    a = flatten(detector_config_to_dict(checkpoint), "model.")
+    b = flatten(detector_config_to_dict(current), "model.")
+    return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+
+
+def load_model_state(model: nn.Module, ckpt: Checkpoint, current: DetectorConfig) -> None:
+    """Load weights into `model` (built from `current`), naming config differences instead of shapes.
+
+    Config differences that leave every tensor the same (post-processing, weights path) are allowed and warned
+    about; any tensor difference raises CheckpointMismatch listing the fields (and the first tensors).
+    """
+    diff = config_diff(ckpt.detector, current)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(ckpt.model_state))
+    unexpected = sorted(set(ckpt.model_state) - set(expected))
+    reshaped = sorted(
+        k for k in set(expected) & set(ckpt.model_state) if expected[k].shape != ckpt.model_state[k].shape
+    )
+    if missing or unexpected or reshaped:
+        fields = "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diff) or "no config field differs"
+        tensors = [f"{k} {tuple(ckpt.model_state[k].shape)} vs {tuple(expected[k].shape)}" for k in reshaped[:3]]
+        tensors += [f"missing {k}" for k in missing[:3]] + [f"unexpected {k}" for k in unexpected[:3]]
+        raise CheckpointMismatch(
+            f"{ckpt.path}: checkpoint was trained with a different model configuration: {fields} "
+            f"(tensors: {', '.join(tensors)})"
+        )
+    if diff:
+        warnings.warn(
+            f"{ckpt.path}: model config differs in fields that change no weights: "
+            + "; ".join(f"{k}: checkpoint {a!r}, config {b!r}" for k, a, b in diff),
+            stacklevel=2,
+        )
+    model.load_state_dict(ckpt.model_state)

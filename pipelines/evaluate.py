@@ -1,0 +1,339 @@
+"""Evaluation: batch inference on Ray Data with an actor pool -> codec decode -> ICDAR protocol.
+
+    eval rows (pipelines.augment.eval_dataset: normalised test-size image, id, scale, ground truth)
+      -> map_batches(Predictor, compute=ActorPoolStrategy(size=n))   one model copy per actor, decode on the actor
+      -> driver: tcm.evaluation.evaluate + threshold_sweep -> metrics, per-image JSON, curve PNG, overlays
+      -> MLflow (a run of its own, or the training run during validation)
+
+The helpers `predict_rows` and `score_pairs` are shared with periodic validation inside training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import typer
+
+from pipelines import registry
+from pipelines.config import ConfigError, DatasetRef, ExperimentConfig, load_config
+from tcm.types import Detection, Instance
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PredRow:
+    """One evaluated image: ground truth and detections in original-image pixels."""
+
+    id: str
+    gt: list[Instance]
+    dets: list[Detection]
+
+
+# ------------------------------------------------------------------------------------------------ row codecs
+
+
+def gt_instances(row: Mapping[str, Any]) -> list[Instance]:
+    """Ground truth of an eval row: `polygons` (flat x0,y0,x1,y1,…) with `ignore` flags, original pixels."""
+    polygons = row["polygons"]
+    ignore = row["ignore"] if row.get("ignore") is not None else [False] * len(polygons)
+    return [
+        Instance(np.asarray(p, dtype=np.float64).reshape(-1, 2), ignore=bool(ig))  # flat -> (P, 2)
+        for p, ig in zip(polygons, ignore, strict=True)
+    ]
+
+
+def dets_to_json(dets: Sequence[Detection]) -> str:
+    return json.dumps([{"points": d.points.reshape(-1).round(2).tolist(), "score": round(float(d.score), 5)} for d in dets])
+
+
+def dets_from_json(text: str) -> list[Detection]:
+    return [Detection(np.asarray(d["points"], dtype=np.float64).reshape(-1, 2), float(d["score"])) for d in json.loads(text)]
+
+
+def gt_to_json(gt: Sequence[Instance]) -> str:
+    return json.dumps([{"points": g.points.reshape(-1).tolist(), "ignore": bool(g.ignore)} for g in gt])
+
+
+def gt_from_json(text: str) -> list[Instance]:
+    return [Instance(np.asarray(g["points"], dtype=np.float64).reshape(-1, 2), ignore=g["ignore"]) for g in json.loads(text)]
+
+
+def _scales(batch: Mapping[str, Any], B: int) -> list[tuple[float, float]]:
+    scale = np.asarray(batch["scale"], dtype=np.float64).reshape(B, -1)  # (B, 2): sx, sy
+    return [(float(s[0]), float(s[-1])) for s in scale]
+
+
+@torch.inference_mode()
+def decode_batch(model: torch.nn.Module, codec: Any, images: torch.Tensor, scales: Sequence[tuple[float, float]]) -> list[list[Detection]]:
+    """Run the network on (B, 3, H, W) normalised images and decode each image's maps to polygons."""
+    outputs = model(images)
+    B = images.shape[0]
+    per_image = []
+    for i in range(B):
+        maps = {k: v[i].float().cpu().numpy() for k, v in outputs.items()}  # one image, no batch dim
+        per_image.append(codec.decode(maps, scale=scales[i]))
+    return per_image
+
+
+def predict_rows(
+    model: torch.nn.Module,
+    codec: Any,
+    shard: Any,
+    cfg: ExperimentConfig,
+    device: torch.device,
+    keep: Callable[[str], bool] = lambda _id: True,
+) -> list[PredRow]:
+    """Predict the rows of a Ray Data iterator/dataset selected by `keep(id)` (a validation slice)."""
+    was_training = model.training
+    model.eval()
+    rows: list[PredRow] = []
+    try:
+        for batch in shard.iter_batches(batch_size=cfg.data.val_batch_size, batch_format="numpy"):
+            ids = [str(i) for i in batch["id"]]
+            sel = [i for i, rid in enumerate(ids) if keep(rid)]
+            if not sel:
+                continue
+            images = torch.from_numpy(np.stack([np.asarray(batch["image"][i], dtype=np.float32) for i in sel]))
+            scales = _scales({"scale": np.asarray(batch["scale"])[sel]}, len(sel))
+            dets = decode_batch(model, codec, images.to(device), scales)
+            for j, i in enumerate(sel):
+                row = {k: batch[k][i] for k in ("polygons", "ignore") if k in batch}
+                rows.append(PredRow(ids[i], gt_instances(row), dets[j]))
+    finally:
+        model.train(was_training)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+def score_pairs(
+    rows: Sequence[PredRow],
+    protocol: str,
+    out_dir: Path | None = None,
+    *,
+    num_overlays: int = 0,
+    images: Callable[[Sequence[str]], Mapping[str, np.ndarray]] | None = None,
+) -> dict[str, float]:
+    """ICDAR scores over the rows, the threshold sweep, and (into out_dir) per-image JSON, curve, overlays.
+
+    `images(ids)` returns original images (H, W, 3 uint8 BGR) for overlays; without it no overlays are drawn.
+    """
+    from tcm.evaluation import evaluate, threshold_sweep
+
+    rows = sorted(rows, key=lambda r: r.id)
+    pairs = [(r.gt, r.dets) for r in rows]
+    result = evaluate(pairs, protocol=protocol)
+    sweep = threshold_sweep(pairs, protocol=protocol)
+    metrics = {
+        "hmean": result.hmean,
+        "precision": result.precision,
+        "recall": result.recall,
+        "images": float(len(rows)),
+        "sweep_best_hmean": sweep.best_hmean,  # optimistic: the threshold is picked on this very set
+        "sweep_best_threshold": sweep.best_threshold,
+    }
+    if out_dir is None:
+        return metrics
+    out_dir.mkdir(parents=True, exist_ok=True)
+    per_image = [
+        {"id": r.id, "precision": res.precision, "recall": res.recall, "hmean": res.hmean, "detections": len(r.dets)}
+        for r, res in zip(rows, result.per_image, strict=True)
+    ]
+    (out_dir / "metrics.json").write_text(json.dumps({**metrics, "sweep_note": sweep.note}, indent=2))
+    (out_dir / "per_image.json").write_text(json.dumps(per_image, indent=2))
+    (out_dir / "threshold_sweep.json").write_text(
+        json.dumps([dataclasses.asdict(r) for r in sweep.rows], indent=2, default=str)
+    )
+    _plot_curve(sweep, out_dir / "threshold_curve.png")
+    if num_overlays and images is not None and rows:
+        chosen = [r.id for r in rows[:num_overlays]]
+        _draw_overlays(rows, result.per_image, images(chosen), out_dir / "overlays")
+    return metrics
+
+
+def _plot_curve(sweep: Any, path: Path) -> None:
+    from tcm.visualize import plot_threshold_curve
+
+    plot_threshold_curve(sweep, path)
+
+
+def _draw_overlays(rows: Sequence[PredRow], results: Sequence[Any], images: Mapping[str, np.ndarray], out: Path) -> None:
+    import cv2
+
+    from tcm.visualize import draw_overlay
+
+    out.mkdir(parents=True, exist_ok=True)
+    for row, res in zip(rows, results, strict=True):
+        if row.id not in images:
+            continue
+        canvas = draw_overlay(images[row.id], row.gt, row.dets, res)
+        cv2.imwrite(str(out / (row.id.replace("/", "__") + ".png")), canvas)
+
+
+def overlay_source(refs: Sequence[DatasetRef]) -> Callable[[Sequence[str]], dict[str, np.ndarray]]:
+    """`images(ids)` reading the original encoded images of those ids straight from the ingested shards."""
+
+    def images(ids: Sequence[str]) -> dict[str, np.ndarray]:
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pads
+
+        from pipelines import ingest, storage
+        from tcm.data.transforms import decode_image
+
+        wanted = set(ids)
+        found: dict[str, np.ndarray] = {}
+        for ref in refs:
+            uris = ingest.shard_uris(ref.uri, ref.split)
+            if not uris:
+                continue
+            loc = storage.resolve(uris[0])
+            paths = [storage.resolve(u).path for u in uris]
+            table = pads.dataset(paths, filesystem=loc.fs, format="parquet").to_table(
+                columns=["id", "image"], filter=pc.field("id").isin(sorted(wanted))
+            )
+            for rid, data in zip(table.column("id").to_pylist(), table.column("image").to_pylist(), strict=True):
+                found[rid] = decode_image(data)
+        return found
+
+    return images
+
+
+# ------------------------------------------------------------------------------------------------ batch inference
+
+
+class Predictor:
+    """Ray Data actor: loads the model once, predicts and decodes batches of eval rows."""
+
+    def __init__(self, model_uri: str, tracking_uri: str | None, use_gpu: bool):
+        from tcm.build import build_codec
+
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model, det_cfg = registry.load_model(model_uri, tracking_uri)
+        self.model.to(self.device).eval()
+        self.codec = build_codec(det_cfg.head)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ids = [str(i) for i in batch["id"]]
+        B = len(ids)
+        images = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in batch["image"]]))  # (B, 3, H, W)
+        dets = decode_batch(self.model, self.codec, images.to(self.device), _scales(batch, B))
+        gts = [gt_instances({k: batch[k][i] for k in ("polygons", "ignore") if k in batch}) for i in range(B)]
+        return {
+            "id": np.asarray(ids, dtype=object),
+            "gt": np.asarray([gt_to_json(g) for g in gts], dtype=object),
+            "detections": np.asarray([dets_to_json(d) for d in dets], dtype=object),
+        }
+
+
+def predict_dataset(ds: Any, model_uri: str, tracking_uri: str | None, cfg: ExperimentConfig) -> list[PredRow]:
+    """Batch inference over a Ray Dataset of eval rows with an actor pool (`eval.num_actors` model copies)."""
+    import ray.data
+
+    preds = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "use_gpu": cfg.eval.use_gpu},
+        batch_size=cfg.eval.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.eval.num_actors),
+        num_gpus=1 if cfg.eval.use_gpu else 0,
+    )
+    return [PredRow(r["id"], gt_from_json(r["gt"]), dets_from_json(r["detections"])) for r in preds.iter_rows()]
+
+
+@dataclasses.dataclass
+class EvalOutcome:
+    metrics: dict[str, float]
+    rows: list[PredRow]
+    out_dir: str | None
+    mlflow_run_id: str | None
+
+
+def run_evaluation(
+    model_uri: str,
+    refs: Sequence[DatasetRef],
+    cfg: ExperimentConfig,
+    *,
+    out_dir: Path | None = None,
+    num_overlays: int = 4,
+    log_to_mlflow: bool = True,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+) -> EvalOutcome:
+    """Evaluate `model_uri` (models:/…, runs:/… or a checkpoint folder) on ingested datasets `refs`."""
+    import ray
+
+    from pipelines.augment import eval_dataset
+
+    if not ray.is_initialized():
+        ray.init()
+    tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.tracking_uri)
+    eval_cfg = cfg.with_overrides({"data.val": [r.model_dump() for r in refs]}, source="evaluate --data")
+    rows = predict_dataset(eval_dataset(eval_cfg), model_uri, tracking_uri, eval_cfg)
+    with tempfile.TemporaryDirectory(prefix="tcm-eval-") as tmp:
+        folder = out_dir or Path(tmp)
+        metrics = score_pairs(
+            rows, cfg.eval.protocol, folder, num_overlays=num_overlays, images=overlay_source(refs)
+        )
+        run_id = None
+        if log_to_mlflow:
+            experiment_id = registry.ensure_experiment(tracking_uri, cfg.mlflow.experiment)
+            run_id, _ = registry.get_or_create_run(
+                tracking_uri,
+                experiment_id,
+                key=registry.run_key(f"evaluate:{model_uri}", ",".join(f"{r.uri}#{r.split}" for r in refs)),
+                run_name=run_name or f"evaluate {model_uri}",
+                parent_run_id=parent_run_id,
+                tags={"tcm.model_uri": model_uri, "tcm.kind": "evaluation"},
+            )
+            logger = registry.RunLogger(tracking_uri, run_id)
+            logger.params({"model_uri": model_uri, "data": ",".join(f"{r.uri}#{r.split}" for r in refs), "protocol": cfg.eval.protocol})
+            logger.metrics({f"test/{k}": v for k, v in metrics.items()}, step=0)
+            logger.artifacts(folder, "evaluation")
+            registry.finish_run(tracking_uri, run_id)
+    return EvalOutcome(metrics, rows, str(out_dir) if out_dir else None, run_id)
+
+
+def evaluate_command(
+    model: str = typer.Option(..., "--model", help="models:/name@alias, runs:/id/model, or a checkpoint folder (path or s3://)."),
+    data: list[str] = typer.Option(..., "--data", help="Ingested dataset folder or s3:// prefix (repeatable)."),
+    split: str = typer.Option("test", "--split", help="Split of the ingested data to evaluate."),
+    config: Path = typer.Option(None, "--config", help="Experiment YAML for test scale, protocol and MLflow settings."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set eval.num_actors=2."),
+    out: Path = typer.Option(None, "--out", help="Folder for metrics.json, per_image.json, curve and overlays."),
+    overlays: int = typer.Option(4, "--overlays", min=0, help="Images to draw GT/matched/missed/false-positive overlays for."),
+    no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not record the evaluation as an MLflow run."),
+) -> None:
+    """Evaluate a model on ingested data with the ICDAR protocol (Ray Data batch inference, actor pool)."""
+    try:
+        cfg = load_config(config, set_) if config else ExperimentConfig().with_overrides(_parse_sets(set_), "--set")
+        outcome = run_evaluation(
+            model, [DatasetRef(uri=u, split=split) for u in data], cfg, out_dir=out, num_overlays=overlays,
+            log_to_mlflow=not no_mlflow,
+        )
+    except (ConfigError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({**outcome.metrics, "mlflow_run_id": outcome.mlflow_run_id, "out": outcome.out_dir}, indent=2))
+
+
+def _parse_sets(items: Iterable[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out

@@ -1,0 +1,235 @@
+"""MLflow: experiments, runs keyed by the training run they record, metrics/params/artifacts, models, aliases.
+
+Runs are addressed by a *run key* (`<name>@<storage>` of the Ray Train run, hashed into the tag `tcm.run_key`)
+so that a training run started again — after a crash, or a Tune trial retried — finds and continues the SAME
+MLflow run instead of opening a second one. Workers log through `RunLogger` (an `MlflowClient` with an
+explicit run id: no fluent "active run" state on Ray workers, and only rank 0 ever builds one).
+
+Models are logged with `mlflow.pytorch.log_model` and carry the plain checkpoint (state dict + config JSON) as
+`extra_files`, so `load_model("models:/tcm-detector@champion")` rebuilds the detector with
+`torch.load(weights_only=True)` and never unpickles code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from torch import nn
+
+from pipelines import checkpoint as ckpt_io
+from pipelines.config import MlflowConfig
+from tcm.config import DetectorConfig
+
+log = logging.getLogger(__name__)
+
+RUN_KEY_TAG = "tcm.run_key"
+MODEL_URI_TAG = "tcm.model_uri"
+PARENT_TAG = "mlflow.parentRunId"  # = mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID; the UI nests children by it
+_BATCH = 900  # MlflowClient.log_batch accepts at most 1000 metrics / 100 params per call
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """`sqlite:///rel.db` and plain paths made absolute, so Ray workers (other cwd) reach the same store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
+    if "://" not in uri and not uri.startswith(("databricks", "sqlite")):
+        return Path(uri).resolve().as_uri()
+    return uri
+
+
+def default_artifact_location(mcfg: MlflowConfig, storage_uri: str) -> str:
+    """Artifacts go beside the checkpoints unless the config names a location."""
+    if mcfg.artifact_location:
+        return mcfg.artifact_location
+    if urlparse(storage_uri).scheme == "s3":
+        return storage_uri.rstrip("/") + "/mlflow-artifacts"
+    return Path(urlparse(storage_uri).path if storage_uri.startswith("file://") else storage_uri).resolve().joinpath(
+        "mlflow-artifacts"
+    ).as_uri()
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
+    """Id of the experiment `name`, created with `artifact_location` when new (an existing one keeps its own)."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if artifact_location and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
+            log.warning(
+                "MLflow experiment %r already stores artifacts at %s (not %s)",
+                name,
+                exp.artifact_location,
+                artifact_location,
+            )
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another trial
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def run_key(name: str, storage_uri: str) -> str:
+    return hashlib.sha256(f"{name}@{storage_uri.rstrip('/')}".encode()).hexdigest()[:32]
+
+
+def find_run(tracking_uri: str, experiment_id: str, key: str) -> str | None:
+    runs = MlflowClient(tracking_uri).search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=2, order_by=["start_time ASC"]
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def get_or_create_run(
+    tracking_uri: str,
+    experiment_id: str,
+    key: str,
+    run_name: str,
+    *,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> tuple[str, bool]:
+    """(run id, resumed): the run recorded under `key`, marked RUNNING again, or a new one."""
+    client = MlflowClient(tracking_uri)
+    run_id = find_run(tracking_uri, experiment_id, key)
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        return run_id, True
+    all_tags = {RUN_KEY_TAG: key, **(tags or {})}
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    return run.info.run_id, False
+
+
+def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+
+
+class RunLogger:
+    """Logs into one existing run by id (used on rank 0 only)."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri)
+
+    def params(self, params: Mapping[str, Any]) -> None:
+        """Log params; on a resumed run, keep what is there and tag the keys whose value changed."""
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+        changed = sorted(k for k, v in params.items() if k in existing and existing[k] != str(v)[:6000])
+        for i in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[i : i + 100])
+        if changed:
+            log.warning("resumed MLflow run %s: params changed since the first attempt: %s", self.run_id, changed)
+            self.tags({"tcm.params_changed_on_resume": ",".join(changed)[:5000]})
+
+    def metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
+
+    def tags(self, tags: Mapping[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+
+def log_model(
+    tracking_uri: str,
+    run_id: str,
+    model: nn.Module,
+    detector: DetectorConfig,
+    *,
+    meta: Mapping[str, Any] | None = None,
+    name: str = "model",
+) -> str:
+    """`mlflow.pytorch.log_model` into the run, with the plain checkpoint as extra files. Returns the model URI."""
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="tcm-model-") as tmp:
+        folder = ckpt_io.save_checkpoint(Path(tmp) / "checkpoint", model, detector, meta=meta)
+        extra = [str(folder / n) for n in (ckpt_io.MODEL_FILE, ckpt_io.CONFIG_FILE, ckpt_io.META_FILE)]
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model.cpu().eval(),
+                name=name,
+                extra_files=extra,
+                # pickle: 'pt2' (torch.export, MLflow's default) needs an exportable graph and an input example;
+                # tcm loaders never unpickle it anyway (they read extra_files/ with weights_only)
+                serialization_format="pickle",
+                # stated, not inferred: inference re-imports the model in a subprocess (slow, and needs network)
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "open_clip_torch", "numpy"],
+            )
+    MlflowClient(tracking_uri).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+    return info.model_uri
+
+
+def register_model(tracking_uri: str, model_uri: str, name: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
+    """Register `model_uri` as a new version of `name` and point `alias` at it. Returns the version."""
+    mlflow.set_tracking_uri(tracking_uri)
+    version = mlflow.register_model(model_uri, name, tags=dict(tags or {}))
+    MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+def run_model_uri(tracking_uri: str, run_id: str) -> str | None:
+    return MlflowClient(tracking_uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
+
+
+def load_model(uri: str, tracking_uri: str | None = None) -> tuple[nn.Module, DetectorConfig]:
+    """A detector from `models:/…`, `runs:/…` (weights only) or a checkpoint folder (path, file://, s3://)."""
+    from tcm.build import build_detector
+
+    if uri.startswith(("models:/", "runs:/")):
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="tcm-model-") as tmp:
+            folder = _download_extra_files(uri, tmp)
+            if not folder.is_dir():
+                raise ckpt_io.CheckpointError(f"{uri}: not logged by tcm (no extra_files/ with the state dict)")
+            ckpt = ckpt_io.read_checkpoint(folder, with_train_state=False)
+    else:
+        ckpt = ckpt_io.load_checkpoint(uri)
+    model = build_detector(ckpt.detector)
+    ckpt_io.load_model_state(model, ckpt, ckpt.detector)
+    return model.eval(), ckpt.detector
+
+
+def _download_extra_files(uri: str, dst: str) -> Path:
+    """The model's extra_files/ folder: fetched alone where the URI form allows, else with the whole model."""
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri.rstrip("/") + "/extra_files", dst_path=dst))
+    except mlflow.exceptions.MlflowException:
+        pass  # logged-model ids (models:/m-…) take no sub-path
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)) / "extra_files"
+    except mlflow.exceptions.MlflowException as err:
+        raise ckpt_io.CheckpointError(f"{uri}: cannot fetch model ({err.message})") from None
+
+
+def load_config_json(uri: str) -> dict[str, Any] | None:
+    """The experiment config stored with a checkpoint folder (None when absent)."""
+    with ckpt_io.local_copy(uri) as folder:
+        path = folder / ckpt_io.CONFIG_FILE
+        return json.loads(path.read_text()).get("experiment") if path.is_file() else None

@@ -1,0 +1,562 @@
+"""Distributed training on Ray Train V2: `build_trainer(cfg)` (shared with tuning) and the per-worker loop.
+
+    driver: check storage is writable -> MLflow run (found again by run key on a restart) -> TorchTrainer
+    worker: build TCM -> restore the latest checkpoint (Train V2 hands it back when the same name + storage run
+            again) -> epochs of Ray Data batches (DDP: gloo on CPU, nccl + AMP on GPU) -> poly LR by epoch ->
+            validation every N epochs -> checkpoint every N epochs -> rank 0 logs everything to MLflow
+
+Epochs are counted from 1: checkpoint `checkpoint_epoch=0003` holds the state after three epochs, and a run
+restored from it continues with epoch 4, logging into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import typer
+
+from pipelines import registry, storage
+from pipelines.config import ConfigError, ExperimentConfig, load_config
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+ENV_TO_WORKERS = (  # credentials and endpoints the workers need (Ray starts them with the cluster's env)
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_DISABLE_TELEMETRY",
+)
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by `train.fail_after_epoch` (tests simulate a crash after a checkpoint with it)."""
+
+
+@dataclasses.dataclass
+class TrainOutcome:
+    run_id: str
+    tracking_uri: str
+    resumed: bool
+    metrics: dict[str, Any]
+    checkpoint: str | None  # URI of the latest checkpoint folder
+    model_uri: str | None
+    model_version: str | None
+
+
+# ------------------------------------------------------------------------------------------------ driver side
+
+
+def resolve_storage(uri: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for RunConfig: s3 gets an explicit S3FileSystem (pyarrow ignores
+    AWS_ENDPOINT_URL*) and a scheme-less path; local paths become absolute (workers run in other folders)."""
+    loc = storage.resolve(uri)
+    return (loc.path, loc.fs) if loc.is_s3 else (loc.path, None)
+
+
+def check_storage(uri: str, name: str) -> None:
+    """Fail before any work when checkpoints could not be written (probe-writes a file)."""
+    try:
+        storage.check_writable(storage.resolve(uri).join(name))
+    except storage.StorageError as err:
+        raise storage.StorageError(f"train.storage_path {uri} is not writable: {err}") from None
+
+
+def data_hashes(cfg: ExperimentConfig) -> dict[str, str]:
+    """Manifest sha256 of every dataset the run reads, keyed `data.<role>.<i>.sha256` (MLflow tags)."""
+    tags: dict[str, str] = {}
+    for role, refs in (("train", cfg.data.train), ("val", cfg.data.val)):
+        for i, ref in enumerate(refs):
+            loc = storage.resolve(ref.uri).join(MANIFEST)
+            try:
+                manifest = json.loads(storage.read_bytes(loc))
+            except (storage.StorageError, ValueError) as err:
+                raise ConfigError(f"data.{role}[{i}].uri: no readable ingest manifest ({err})") from None
+            tags[f"data.{role}.{i}.sha256"] = str(manifest.get("sha256", "unknown"))
+            tags[f"data.{role}.{i}.uri"] = ref.uri
+    if len(cfg.data.train) == 1:
+        tags["data.sha256"] = tags["data.train.0.sha256"]
+    return tags
+
+
+def worker_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in ENV_TO_WORKERS if k in os.environ}
+
+
+def build_datasets(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Ray Datasets for the run: `train` (augmented + codec targets) and, when configured, `val`."""
+    from pipelines import augment
+
+    datasets = {"train": augment.train_dataset(cfg)}
+    if cfg.data.val:
+        datasets["val"] = augment.eval_dataset(cfg)
+    return datasets
+
+
+@dataclasses.dataclass
+class BuiltTrainer:
+    """A TorchTrainer plus the driver-side facts its caller finishes the run with."""
+
+    trainer: Any
+    tracking_uri: str
+    run_id: str  # the MLflow run the workers log into
+    resumed: bool  # that MLflow run existed already (the same run started again)
+    experiment_id: str
+
+
+def build_trainer(
+    cfg: ExperimentConfig,
+    *,
+    parent_run_id: str | None = None,
+    callbacks: Sequence[Any] = (),
+    run_tags: Mapping[str, str] | None = None,
+) -> BuiltTrainer:
+    """A TorchTrainer for `cfg`: shared by `tcm train` and each Tune trial.
+
+    Checks storage, hashes the data, finds or opens the MLflow run (key = name + storage, so the same run
+    started again continues the same MLflow run; `parent_run_id` nests it under a sweep), builds the datasets.
+    """
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if not cfg.data.train:
+        raise ConfigError("data.train: no training dataset configured")
+    check_storage(cfg.train.storage_path, cfg.name)
+    tags = data_hashes(cfg)
+    tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.tracking_uri)
+    experiment_id = registry.ensure_experiment(
+        tracking_uri, cfg.mlflow.experiment, registry.default_artifact_location(cfg.mlflow, cfg.train.storage_path)
+    )
+    key = registry.run_key(cfg.name, cfg.train.storage_path)
+    run_id, resumed = registry.get_or_create_run(
+        tracking_uri,
+        experiment_id,
+        key,
+        cfg.name,
+        parent_run_id=parent_run_id,
+        tags={**tags, "ray.run_name": cfg.name, "ray.storage_path": cfg.train.storage_path, **(run_tags or {})},
+    )
+    storage_path, filesystem = resolve_storage(cfg.train.storage_path)
+    loop_config = {
+        "cfg": cfg.model_dump(mode="json"),
+        "tracking_uri": tracking_uri,
+        "mlflow_run_id": run_id,
+        "data_tags": tags,
+    }
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=list(callbacks),
+            worker_runtime_env={"env_vars": worker_env()},
+        ),
+        datasets=build_datasets(cfg),
+        # train is split across workers; every worker sees all of val and evaluates its own slice by id hash
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    return BuiltTrainer(trainer, tracking_uri, run_id, resumed, experiment_id)
+
+
+def run_training(cfg: ExperimentConfig, *, register: bool = True) -> TrainOutcome:
+    """Train (or resume) the run `cfg.name`, then register its model with `cfg.mlflow.alias`."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    built = build_trainer(cfg)
+    tracking_uri, run_id = built.tracking_uri, built.run_id
+    try:
+        result = built.trainer.fit()
+    except BaseException:
+        registry.finish_run(tracking_uri, run_id, "FAILED")
+        raise
+    model_uri = registry.run_model_uri(tracking_uri, run_id)
+    version = None
+    if register and model_uri and cfg.mlflow.registered_model:
+        version = registry.register_model(
+            tracking_uri, model_uri, cfg.mlflow.registered_model, cfg.mlflow.alias, {"run_id": run_id}
+        )
+    registry.finish_run(tracking_uri, run_id, "FINISHED")
+    checkpoint = None
+    if result.checkpoint is not None:
+        checkpoint = _checkpoint_uri(cfg.train.storage_path, result.checkpoint.path)
+    metrics = dict(result.metrics or {})
+    return TrainOutcome(run_id, tracking_uri, built.resumed, metrics, checkpoint, model_uri, version)
+
+
+def _checkpoint_uri(storage_uri: str, path: str) -> str:
+    """A checkpoint's URI in the user's terms (s3:// kept; local paths as they are)."""
+    loc = storage.resolve(storage_uri)
+    if loc.is_s3:
+        return "s3://" + path.lstrip("/")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ worker side
+
+
+@dataclasses.dataclass
+class _State:
+    """What the worker carries from epoch to epoch."""
+
+    epoch: int = 0  # completed epochs
+    global_step: int = 0
+    val: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker. `config` = build_trainer's loop config (plain JSON-able values)."""
+    import ray.train
+    import ray.train.torch
+
+    from pipelines.checkpoint import load_checkpoint, load_model_state, read_checkpoint
+    from tcm.build import build_codec, build_detector
+
+    cfg = ExperimentConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed + rank)
+
+    det_cfg = cfg.detector()
+    restored = ray.train.get_checkpoint()
+    model = build_detector(det_cfg, pretrained=restored is None and cfg.train.init_from is None)
+    state = _State()
+    ckpt = None
+    if restored is not None:
+        with restored.as_directory() as folder:
+            ckpt = read_checkpoint(folder, with_train_state=True)
+        load_model_state(model, ckpt, det_cfg)
+        state.epoch = ckpt.epoch
+        state.global_step = int(ckpt.meta.get("global_step", 0))
+        state.val = dict(ckpt.meta.get("val", {}))
+    elif cfg.train.init_from:
+        load_model_state(model, _load_init(cfg.train.init_from, config.get("tracking_uri")), det_cfg)
+
+    model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    use_amp = cfg.train.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    if ckpt is not None and ckpt.train_state:
+        optimizer.load_state_dict(ckpt.train_state["optimizer"])
+        if "scaler" in ckpt.train_state:
+            scaler.load_state_dict(ckpt.train_state["scaler"])
+    # find_unused_parameters: frozen/optional TCM parts leave parameters without gradients (TCM configs set it too)
+    ddp_model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": True}
+    ) if world > 1 else model
+
+    logger = None
+    if rank == 0:
+        logger = registry.RunLogger(config["tracking_uri"], config["mlflow_run_id"])
+        logger.params(cfg.flat_params())
+        logger.tags({**config["data_tags"], "tcm.world_size": world, "tcm.device": device.type})
+        if ckpt is not None:
+            logger.tags({"tcm.resumed_from_epoch": ckpt.epoch})
+    codec = build_codec(det_cfg.head)
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
+    E = cfg.train.epochs
+    if rank == 0:
+        print(f"[tcm] {cfg.name}: epochs {state.epoch + 1}..{E} on {world} worker(s), device {device.type}", flush=True)
+
+    for epoch in range(state.epoch + 1, E + 1):
+        lrs = set_poly_lr(optimizer, cfg, epoch - 1)
+        stats = _train_epoch(ddp_model, model, optimizer, scaler, train_shard, cfg, device, use_amp, amp_dtype)
+        state.epoch, state.global_step = epoch, state.global_step + int(stats.pop("steps"))
+        metrics = {f"train/{k}": v for k, v in stats.items()}
+        metrics.update({f"lr/{name}": lr for name, lr in lrs.items()})
+        validate_now = val_shard is not None and (epoch % cfg.train.val_every == 0 or epoch == E)
+        if validate_now:
+            state.val = _validate(model, codec, val_shard, cfg, device, rank, world, logger, epoch)
+            metrics.update({f"val/{k}": v for k, v in state.val.items()})
+        if logger is not None:
+            logger.metrics({**metrics, "epoch": epoch}, step=epoch)
+            _print_epoch(cfg.name, epoch, E, metrics)
+        report = {
+            "epoch": epoch,
+            "loss": metrics.get("train/loss", math.nan),
+            "images_per_s": metrics.get("train/images_per_s", 0.0),
+            "val_hmean": state.val.get("hmean", 0.0),  # latest validation (0 before the first)
+            "val_precision": state.val.get("precision", 0.0),
+            "val_recall": state.val.get("recall", 0.0),
+        }
+        if epoch % cfg.train.checkpoint_every == 0 or epoch == E:
+            _report_with_checkpoint(report, model, optimizer, scaler, cfg, config, state, rank)
+        else:
+            ray.train.report(report)
+        if cfg.train.fail_after_epoch == epoch:
+            raise InjectedFailure(f"train.fail_after_epoch={epoch}: injected failure after reporting epoch {epoch}")
+
+    if logger is not None and cfg.mlflow.log_model:
+        meta = {"epoch": state.epoch, "global_step": state.global_step, "mlflow_run_id": config["mlflow_run_id"]}
+        registry.log_model(config["tracking_uri"], config["mlflow_run_id"], model, det_cfg, meta=meta)
+    _barrier(world)
+
+
+def _load_init(uri: str, tracking_uri: str | None):
+    """A checkpoint to warm-start from: a checkpoint folder, or an MLflow model URI's state dict."""
+    from pipelines.checkpoint import load_checkpoint
+
+    if uri.startswith(("models:/", "runs:/")):
+        with tempfile.TemporaryDirectory(prefix="tcm-init-") as tmp:
+            folder = registry._download_extra_files(uri, tmp)
+            from pipelines.checkpoint import read_checkpoint
+
+            return read_checkpoint(folder, with_train_state=False)
+    return load_checkpoint(uri)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
+    """The configured optimiser over TCM's parameter groups (LR factors, no decay on norms and biases)."""
+    from tcm.optim import param_groups
+
+    o = cfg.optim
+    groups = param_groups(model, o.lr, o.weight_decay, o.image_encoder_lr_factor, o.text_encoder_lr_factor)
+    groups = [g for g in groups if g["params"]]
+    for i, g in enumerate(groups):
+        g.setdefault("name", f"group{i}")
+        g["lr_factor"] = g.get("lr", o.lr) / o.lr  # the poly schedule scales each group's share of the base lr
+    match o.kind:
+        case "adam":
+            return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+        case "adamw":
+            return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+        case "sgd":
+            return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def poly_lr(cfg: ExperimentConfig, epoch_index: int) -> float:
+    """mmcv poly by epoch: (lr - min_lr) (1 - e / E)^power + min_lr, e = completed epochs."""
+    o = cfg.optim
+    coeff = (1 - epoch_index / cfg.train.epochs) ** o.poly_power
+    return (o.lr - o.min_lr) * coeff + o.min_lr
+
+
+def set_poly_lr(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, epoch_index: int) -> dict[str, float]:
+    """Set every group's lr for this epoch. A group with factor 0 stays at exactly 0 (frozen), unlike mmcv's
+    poly which would lift it to min_lr."""
+    base = poly_lr(cfg, epoch_index)
+    out = {}
+    for g in optimizer.param_groups:
+        g["lr"] = base * g["lr_factor"]
+        out[g["name"]] = g["lr"]
+    return out
+
+
+def _tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """collate_fn: the numeric columns (image + codec targets) as tensors; ids and the like stay behind."""
+    return {k: torch.as_tensor(v) for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"}
+
+
+def _train_epoch(
+    ddp_model: torch.nn.Module,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    shard: Any,
+    cfg: ExperimentConfig,
+    device: torch.device,
+    use_amp: bool,
+    amp_dtype: torch.dtype,
+) -> dict[str, float]:
+    ddp_model.train()
+    sums: dict[str, float] = {}
+    images = 0
+    steps = 0
+    start = time.perf_counter()
+    batches = shard.iter_torch_batches(
+        batch_size=cfg.data.batch_size, collate_fn=_tensors, device=device, drop_last=False, prefetch_batches=2
+    )
+    for batch in _limit(batches, cfg.train.steps_per_epoch):
+        x = batch.pop("image")  # (B, 3, S, S) normalised
+        B = x.shape[0]
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            outputs = ddp_model(x)
+        # losses in float32: BCE/Dice on half-precision maps underflow (and BCE refuses autocast)
+        losses = model.loss({k: v.float() for k, v in outputs.items()}, batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        if cfg.optim.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach()) * B
+        images += B
+        steps += 1
+    elapsed = time.perf_counter() - start
+    totals = _all_reduce_sum([images, steps, *sums.values()], device)
+    all_images, _ = totals[0], totals[1]
+    stats = {k: v / max(all_images, 1) for k, v in zip(sums, totals[2:], strict=True)}
+    if not math.isfinite(stats.get("loss", 0.0)):
+        raise FloatingPointError(f"training loss is {stats['loss']} (lr {cfg.optim.lr}); lower optim.lr or enable grad_clip")
+    stats["images_per_s"] = all_images / max(elapsed, 1e-9)
+    stats["epoch_time_s"] = elapsed
+    stats["steps"] = steps
+    return stats
+
+
+def _limit(it: Iterator[Any], n: int | None) -> Iterator[Any]:
+    for i, item in enumerate(it):
+        if n is not None and i >= n:
+            return
+        yield item
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _barrier(world: int) -> None:
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _validate(
+    model: torch.nn.Module,
+    codec: Any,
+    shard: Any,
+    cfg: ExperimentConfig,
+    device: torch.device,
+    rank: int,
+    world: int,
+    logger: registry.RunLogger | None,
+    epoch: int,
+) -> dict[str, float]:
+    """Every worker evaluates its slice of val (by id hash); rank 0 gathers, scores, plots and logs."""
+    from pipelines.evaluate import overlay_source, predict_rows, score_pairs
+
+    local = predict_rows(model, codec, shard, cfg, device, keep=lambda row_id: _owner(row_id, world) == rank)
+    gathered: list[Any] = [None] * world
+    if world > 1:
+        torch.distributed.all_gather_object(gathered, local)
+    else:
+        gathered = [local]
+    if rank != 0:
+        return {}
+    rows = sorted((r for part in gathered for r in part), key=lambda r: r.id)
+    with tempfile.TemporaryDirectory(prefix="tcm-val-") as tmp:
+        metrics = score_pairs(
+            rows, cfg.eval.protocol, Path(tmp), num_overlays=cfg.train.num_overlays, images=overlay_source(cfg.data.val)
+        )
+        if logger is not None:
+            logger.artifacts(tmp, f"validation/epoch={epoch:04d}")
+    return metrics
+
+
+def _owner(row_id: str, world: int) -> int:
+    import zlib
+
+    return zlib.crc32(row_id.encode()) % world
+
+
+def _report_with_checkpoint(
+    report: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: ExperimentConfig,
+    config: dict[str, Any],
+    state: _State,
+    rank: int,
+) -> None:
+    """Rank 0 writes the checkpoint folder; every rank reports (Train V2 needs all ranks to call report)."""
+    import ray.train
+
+    from pipelines.checkpoint import save_checkpoint
+
+    name = f"checkpoint_epoch={state.epoch:04d}"
+    if rank != 0:
+        ray.train.report(report, checkpoint=None, checkpoint_dir_name=name)
+        return
+    with tempfile.TemporaryDirectory(prefix="tcm-ckpt-") as tmp:
+        meta = {
+            "epoch": state.epoch,
+            "global_step": state.global_step,
+            "mlflow_run_id": config["mlflow_run_id"],
+            "val": state.val,
+            "data": config["data_tags"],
+        }
+        save_checkpoint(
+            tmp, model, cfg.detector(), meta=meta, experiment=config["cfg"], optimizer=optimizer, scaler=scaler
+        )
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+
+
+def _print_epoch(name: str, epoch: int, E: int, metrics: Mapping[str, float]) -> None:
+    parts = [f"loss {metrics.get('train/loss', math.nan):.4f}", f"{metrics.get('train/images_per_s', 0):.1f} img/s"]
+    if "val/hmean" in metrics:
+        parts.append(
+            f"val hmean {metrics['val/hmean']:.4f} (P {metrics['val/precision']:.4f} R {metrics['val/recall']:.4f})"
+        )
+    print(f"[tcm] {name} epoch {epoch}/{E}: " + ", ".join(parts), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ command
+
+
+def train_command(
+    config: Path = typer.Option(..., "--config", help="Experiment YAML (see jobs/configs/)."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable; value parsed as YAML)."
+    ),
+    name: str = typer.Option(None, "--name", help="Run name (overrides `name`); the same name + storage resumes."),
+    no_register: bool = typer.Option(False, "--no-register", help="Log the model to MLflow but do not register it."),
+) -> None:
+    """Train a TCM detector on Ray Train; started again with the same name + storage, it resumes."""
+    overrides = list(set_) + ([f"name={name}"] if name else [])
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    try:
+        outcome = run_training(cfg, register=not no_register)
+    except (ConfigError, storage.StorageError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    summary = {
+        "mlflow_run_id": outcome.run_id,
+        "tracking_uri": outcome.tracking_uri,
+        "resumed": outcome.resumed,
+        "checkpoint": outcome.checkpoint,
+        "model_uri": outcome.model_uri,
+        "model_version": outcome.model_version,
+        "metrics": {k: v for k, v in outcome.metrics.items() if isinstance(v, int | float | str)},
+    }
+    typer.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,79 @@
+"""The one place that turns a `DetectorConfig` into objects (a `match` on the head kind; no string registries)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from tcm.backbone.image import ImageEncoder
+from tcm.backbone.text import TextEncoder
+from tcm.config import DBHeadConfig, DetectorConfig, FCEHeadConfig, HeadConfig, PANHeadConfig
+from tcm.detector import Detector
+from tcm.prompts import LanguagePromptGenerator, TextContextDecoder, VisualPromptGenerator
+from tcm.weights import init_clip_weights
+
+
+def build_head(head_cfg: HeadConfig, in_channels: Sequence[int]) -> nn.Module:
+    """The head (with its neck) for C2..C5 of `in_channels` (C5 + 1 when TCM is on)."""
+    match head_cfg:
+        case DBHeadConfig():
+            from tcm.heads.db import DBHead
+
+            return DBHead(head_cfg, in_channels)
+        case PANHeadConfig():
+            from tcm.heads.pan import PANHead
+
+            return PANHead(head_cfg, in_channels)
+        case FCEHeadConfig():
+            from tcm.heads.fce import FCEHead
+
+            return FCEHead(head_cfg, in_channels)
+        case _:
+            raise TypeError(f"unknown head config {type(head_cfg).__name__} (tcm/build.py build_head)")
+
+
+def build_codec(head_cfg: HeadConfig) -> Any:
+    """The numpy target encoder / polygon decoder that goes with the head."""
+    match head_cfg:
+        case DBHeadConfig():
+            from tcm.heads.db_codec import DBCodec
+
+            return DBCodec(head_cfg)
+        case PANHeadConfig():
+            from tcm.heads.pan_codec import PANCodec
+
+            return PANCodec(head_cfg)
+        case FCEHeadConfig():
+            from tcm.heads.fce_codec import FCECodec
+
+            return FCECodec(head_cfg)
+        case _:
+            raise TypeError(f"unknown head config {type(head_cfg).__name__} (tcm/build.py build_codec)")
+
+
+def build_detector(cfg: DetectorConfig, pretrained: bool = True) -> Detector:
+    """The detector for `cfg`. `pretrained`: load `cfg.clip.weights` (or warn that there are none); pass False
+    when a full checkpoint will be loaded over it anyway."""
+    t = cfg.tcm
+    image_encoder = ImageEncoder(cfg.clip, dense=t.enabled)
+    in_channels = image_encoder.channels
+    text_encoder = None
+    parts: dict[str, nn.Module | None] = {}
+    if t.enabled:
+        in_channels[-1] += 1  # the score map is concatenated to C5
+        E = cfg.clip.embed_dim
+        text_encoder = TextEncoder(cfg.clip, t.num_prompts, t.class_prompt, t.prompt_length)
+        dec = (t.decoder_width, t.decoder_heads, t.decoder_layers, t.decoder_dropout, t.gamma_init)
+        parts = dict(
+            prompt_generator=LanguagePromptGenerator(E, cfg.clip.text_width) if t.language_prompt_generator else None,
+            visual_prompt_generator=VisualPromptGenerator(E, *dec) if t.visual_prompt_generator else None,
+            context_decoder=TextContextDecoder(E, *dec) if t.context_decoder else None,
+        )
+    head = build_head(cfg.head, in_channels)
+    if pretrained:
+        init_clip_weights(image_encoder, text_encoder, cfg.clip.weights)
+    return Detector(
+        image_encoder, head, text_encoder=text_encoder, tau=t.tau, aux_loss_weight=t.aux_loss_weight, **parts
+    )

@@ -1,0 +1,183 @@
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+from tcm.backbone.image import ImageEncoder, resize_positional_embedding
+from tcm.backbone.text import TextEncoder
+from tcm.config import ClipConfig, DetectorConfig
+from tcm.weights import init_clip_weights, load_clip_weights, read_clip_state_dict
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small ops on 2 shared cores run far faster single-threaded (no OpenMP contention)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY = DetectorConfig.tiny().clip
+K, PROMPT_LEN = 4, 14
+
+
+def open_clip_model(cfg: ClipConfig, image_size: int = 224, seed: int = 1) -> CLIP:
+    """A random-init open_clip CLIP with the towers `cfg` describes (what RN50.pt / open_clip files hold)."""
+    torch.manual_seed(seed)
+    vision = CLIPVisionCfg(
+        layers=cfg.vision_layers,
+        width=cfg.vision_width,
+        head_width=cfg.vision_width * 32 // cfg.vision_heads,  # open_clip derives the pool heads from this
+        image_size=image_size,
+    )
+    text = CLIPTextCfg(
+        context_length=cfg.text_context_length,
+        vocab_size=cfg.text_vocab_size,
+        width=cfg.text_width,
+        heads=cfg.text_heads,
+        layers=cfg.text_layers,
+    )
+    return CLIP(embed_dim=cfg.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=cfg.quick_gelu).eval()
+
+
+def towers(cfg: ClipConfig, dense: bool = True) -> tuple[ImageEncoder, TextEncoder]:
+    torch.manual_seed(2)  # different from the checkpoint's seed
+    return ImageEncoder(cfg, dense=dense), TextEncoder(cfg, K, "text", PROMPT_LEN)
+
+
+def save_both(model: CLIP, folder: Path) -> tuple[Path, Path]:
+    sd_path, ts_path = folder / "open_clip.pt", folder / "RN.pt"
+    torch.save(model.state_dict(), sd_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated, still what OpenAI shipped
+        torch.jit.script(model).save(str(ts_path))
+    return sd_path, ts_path
+
+
+def assert_loaded_exactly(model: CLIP, image: ImageEncoder, text: TextEncoder) -> None:
+    for name, tensor in image.resnet.state_dict().items():
+        assert torch.equal(tensor, model.visual.state_dict()[name]), name
+    source = model.state_dict()
+    for name, tensor in text.clip.state_dict().items():
+        expected = source[name][: tensor.shape[0]] if name == "positional_embedding" else source[name]
+        assert torch.equal(tensor, expected), name
+
+
+def test_torchscript_archive_and_state_dict_load_bit_exactly(tmp_path):
+    model = open_clip_model(TINY)
+    sd_path, ts_path = save_both(model, tmp_path)
+    with zipfile.ZipFile(ts_path) as z:
+        assert any(n.endswith("/constants.pkl") for n in z.namelist())  # a genuine TorchScript archive
+    for path in (sd_path, ts_path):
+        image, text = towers(TINY)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # nothing unexpected in either format
+            report = load_clip_weights(image, text, str(path))
+        assert_loaded_exactly(model, image, text)
+        assert "positional_embedding" in report.resized  # 77 -> K + prompt_length
+        assert "visual.conv1.weight" in report.loaded and "transformer.resblocks.1.mlp.c_fc.weight" in report.loaded
+
+
+def test_wrapped_checkpoint_and_baseline_without_text(tmp_path):
+    model = open_clip_model(TINY)
+    path = tmp_path / "epoch_3.pt"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, path)
+    image = ImageEncoder(TINY, dense=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # attention pool and text keys are expected to go unused here
+        report = load_clip_weights(image, None, str(path))
+    assert not any(k.startswith("visual.attnpool") for k in report.loaded)
+    assert torch.equal(image.resnet.layer4[0].conv2.weight, model.visual.layer4[0].conv2.weight)
+
+
+def test_attention_pool_grid_is_resized(tmp_path):
+    model = open_clip_model(TINY, image_size=288)  # 9 x 9 grid
+    path = tmp_path / "clip288.pt"
+    torch.save(model.state_dict(), path)
+    image, text = towers(TINY)  # 7 x 7 grid
+    report = load_clip_weights(image, text, str(path))
+    assert "visual.attnpool.positional_embedding" in report.resized
+    expected = resize_positional_embedding(model.visual.attnpool.positional_embedding.detach(), 7, 7)
+    assert torch.equal(image.resnet.attnpool.positional_embedding.detach(), expected)
+
+
+def test_mismatched_towers_name_the_keys(tmp_path):
+    other = ClipConfig(**{**TINY.__dict__, "vision_width": 16, "text_layers": 1})
+    path = tmp_path / "other.pt"
+    torch.save(open_clip_model(other).state_dict(), path)
+    image, text = towers(TINY)
+    with pytest.raises(ValueError) as err:
+        load_clip_weights(image, text, str(path))
+    message = str(err.value)
+    assert "shape: visual.conv1.weight" in message and "missing: transformer.resblocks.1" in message
+
+
+def test_no_weights_warns_that_results_will_be_poor():
+    image, text = towers(TINY)
+    with pytest.warns(UserWarning, match="random initialisation"):
+        assert init_clip_weights(image, text, None) is None
+
+
+class Payload:
+    """A pickle that runs a shell command when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_payload_really_executes_when_unpickled_naively(tmp_path):
+    marker = tmp_path / "naive"
+    pickle.loads(pickle.dumps(Payload(marker)))  # the control: the payload is live
+    assert marker.exists()
+
+
+def test_malicious_checkpoints_are_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+    state_dict_file = tmp_path / "evil_state_dict.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(1), "x": Payload(marker)}, state_dict_file)
+    script_file = tmp_path / "evil_RN50.pt"  # TorchScript-shaped: root/constants.pkl + root/data.pkl
+    with zipfile.ZipFile(script_file, "w") as z:
+        z.writestr("RN50/data.pkl", pickle.dumps(Payload(marker), protocol=2))
+        z.writestr("RN50/constants.pkl", pickle.dumps((), protocol=2))
+        z.writestr("RN50/version", "3\n")
+    for path in (state_dict_file, script_file):
+        with pytest.raises(ValueError, match="refusing"):
+            read_clip_state_dict(str(path))
+        assert not marker.exists()
+
+
+def test_missing_file_says_which():
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        read_clip_state_dict("/nowhere.pt")
+
+
+@pytest.mark.integration
+def test_loads_from_s3(s3_env, tmp_path):
+    model = open_clip_model(TINY)
+    _, ts_path = save_both(model, tmp_path)
+    bucket = s3_env.create_bucket("clip-weights")
+    s3_env.client().put_object(Bucket=bucket, Key="openai/RN.pt", Body=ts_path.read_bytes())
+    image, text = towers(TINY)
+    load_clip_weights(image, text, f"s3://{bucket}/openai/RN.pt")
+    assert_loaded_exactly(model, image, text)
+
+
+@pytest.mark.slow
+def test_full_rn50_both_formats_bit_exact(tmp_path):
+    rn50 = DetectorConfig().clip
+    model = open_clip_model(rn50)
+    sd_path, ts_path = save_both(model, tmp_path)
+    for path in (sd_path, ts_path):
+        image, text = towers(rn50)
+        load_clip_weights(image, text, str(path))
+        assert_loaded_exactly(model, image, text)
+        del image, text
