@@ -246,6 +246,8 @@ class AugmentPlan:
     content_h: int
     x_max: float  # polygons are clipped to [0, x_max] x [0, y_max]: the image of the crop's pixel centres
     y_max: float
+    crop: tuple[int, int, int, int]  # (x, y, w, h) in the flipped/rotated/scaled image
+    extent: tuple[int, int]  # (w, h) of that image: crop == (0, 0, *extent) is the whole-image fallback
 
 
 def sample_plan(
@@ -267,7 +269,9 @@ def sample_plan(
     r = min(S / w, S / h)  # fit the crop into S x S keeping its aspect ratio
     matrix = _scale(r, r) @ _translate(-x, -y) @ matrix
     x_max, y_max = r * (w - 1), r * (h - 1)
-    return AugmentPlan(matrix, min(S, math.floor(x_max) + 1), min(S, math.floor(y_max) + 1), x_max, y_max)
+    # content = pixels a clipped polygon can round onto (centres up to x_max + 0.5); the rest is padding
+    content_w, content_h = min(S, math.floor(x_max + 0.5) + 1), min(S, math.floor(y_max + 0.5) + 1)
+    return AugmentPlan(matrix, content_w, content_h, x_max, y_max, (x, y, w, h), (w2, h2))
 
 
 def apply_plan(
