@@ -539,7 +539,7 @@ def _settled(
     near = np.abs(values - thr) <= SETTLE_TOL  # (G, D)
     if rows is not None:
         near &= rows[:, None]
-    return values
+    return ratio(geo) if geo.settle(near) else values
 
 
 def _dontcare_dets(geo: _ImageGeometry, keep: np.ndarray, dc_thr: float) -> np.ndarray:

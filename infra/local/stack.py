@@ -247,8 +247,17 @@ def down(state_dir: Path = DEFAULT_STATE, quiet: bool = False) -> None:
         _stop_group(proc["pid"])
         if not quiet:
             print(f"stopped {proc['name']} (pid {proc['pid']})")
+    _forget_current_cluster(state.get("ray_address", ""))
     for name in ("stack.json", "env.sh"):  # logs stay for a post-mortem; the next `up` appends to them
         (state_dir / name).unlink(missing_ok=True)
+
+
+def _forget_current_cluster(address: str) -> None:
+    """`ray start` records the head in /tmp/ray/ray_current_cluster and a bare ray.init() would try to join it."""
+    marker = Path("/tmp/ray/ray_current_cluster")
+    port = address.rsplit(":", 1)[-1]
+    if port and marker.exists() and marker.read_text().strip().endswith(f":{port}"):
+        marker.unlink(missing_ok=True)
 
 
 def _stop_group(pid: int, grace: float = 15.0) -> None:

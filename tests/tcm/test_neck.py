@@ -7,8 +7,8 @@ IN_CHANNELS = [32, 64, 128, 257]  # tiny C2..C5, C5 with the +1 TCM score map
 
 
 def pyramid(B: int = 2, H: int = 128, W: int = 96, channels=IN_CHANNELS, grad: bool = False):
-    feats = [torch.randn(B, c, H // s, W // s, requires_grad=grad) for c, s in zip(channels, (4, 8, 16, 32))]
-    return feats
+    strides = (4, 8, 16, 32)
+    return [torch.randn(B, c, H // s, W // s, requires_grad=grad) for c, s in zip(channels, strides, strict=True)]
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +28,7 @@ def test_fpnc_shape_and_top_down_path():
 
 def test_fpnc_odd_sizes_and_channel_check():
     neck = FPNC(IN_CHANNELS, 32)
-    feats = [torch.randn(1, c, s, s) for c, s in zip(IN_CHANNELS, (25, 13, 7, 4))]
+    feats = [torch.randn(1, c, s, s) for c, s in zip(IN_CHANNELS, (25, 13, 7, 4), strict=True)]
     assert neck(feats).shape == (1, 32, 25, 25)
     with pytest.raises(ValueError, match="feature 3 has 256 channels"):
         neck(pyramid(channels=[32, 64, 128, 256]))

@@ -84,17 +84,19 @@ def test_pixels_and_polygons_move_together():
     """Fill the polygons white on black, augment: white pixels = the transformed polygons (up to resampling)."""
     image = cv2.cvtColor(_filled(300, 400, POLYS), cv2.COLOR_GRAY2BGR)
     kernel = np.ones((5, 5), np.uint8)  # 2 px either side: bilinear resampling and polygon rounding
-    for seed in range(40):
+    for seed in range(60):
         plan = sample_plan(400, 300, POLYS, IGNORE, np.random.default_rng(seed), CFG)
         out, polys, _ = apply_plan(image, POLYS, IGNORE, plan, CFG.crop_size)
         white = out[:, :, 0] > 127
         # every output polygon (clipped to the content) is ink ...
         kept = _filled(256, 256, polys)
-        assert not (cv2.erode(kept, kernel).astype(bool) & ~white).any(), f"seed {seed}: polygon without ink"
+        core = cv2.erode(kept, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)  # 2 px in
+        assert not (core & ~white).any(), f"seed {seed}: polygon without ink"
         # ... and all ink lies on the polygons moved by the same matrix (before clipping: the last content row
         # may blend in ink of a polygon part just beyond the crop edge)
-        moved = _filled(256, 256, transform_polygons(POLYS, plan.matrix))
-        assert not (white & ~cv2.dilate(moved, kernel).astype(bool)).any(), f"seed {seed}: ink off the polygons"
+        moved = _filled(264, 264, transform_polygons(POLYS, plan.matrix))  # margin: parts just off the canvas
+        near = cv2.dilate(moved, kernel)[:256, :256].astype(bool)
+        assert not (white & ~near).any(), f"seed {seed}: ink off the polygons"
         assert white.sum() > 0.8 * (kept > 0).sum()
 
 

@@ -18,7 +18,8 @@ def _seed():
 
 
 def feats(B: int = 2, size: int = 128):
-    return [torch.randn(B, c, size // s, size // s) for c, s in zip(IN_CHANNELS, (4, 8, 16, 32))]
+    strides = (4, 8, 16, 32)
+    return [torch.randn(B, c, size // s, size // s) for c, s in zip(IN_CHANNELS, strides, strict=True)]
 
 
 def targets(B: int = 2, size: int = 128, empty: bool = False) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:
 def db_threshold_reference(poly: np.ndarray, distance: float, x: int, y: int) -> float:
     """DB's per-pixel formula (law of cosines, min over edges), for one pixel."""
     best = np.inf
-    for a, b in zip(poly, np.roll(poly, -1, axis=0)):
+    for a, b in zip(poly, np.roll(poly, -1, axis=0), strict=True):
         a2 = (x - a[0]) ** 2 + (y - a[1]) ** 2
         b2 = (x - b[0]) ** 2 + (y - b[1]) ** 2
         c2 = ((a - b) ** 2).sum()

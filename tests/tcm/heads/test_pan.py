@@ -17,7 +17,8 @@ def _seed():
 
 
 def feats(B: int = 2, size: int = 128):
-    return [torch.randn(B, c, size // s, size // s) for c, s in zip(IN_CHANNELS, (4, 8, 16, 32))]
+    strides = (4, 8, 16, 32)
+    return [torch.randn(B, c, size // s, size // s) for c, s in zip(IN_CHANNELS, strides, strict=True)]
 
 
 def targets(B: int = 2, size: int = 128, empty: bool = False) -> dict[str, torch.Tensor]:
@@ -85,7 +86,7 @@ def reference_embedding_loss(emb, instances, kernel, mask, delta_agg=0.5, delta_
         return torch.tensor(0.0)
     means = [emb[:, (labels == i) & kernel].mean(dim=1) for i in present]
     agg = []
-    for i, g in zip(present, means):
+    for i, g in zip(present, means, strict=True):
         d = (emb[:, labels == i] - g[:, None]).norm(dim=0)
         agg.append(torch.log1p(F.relu(d - delta_agg) ** 2).mean())
     loss = torch.stack(agg).mean()

@@ -1,0 +1,62 @@
+"""ONNX export of the detector up to its output maps (decoding stays in the numpy codecs).
+
+The graph takes `images` (B, 3, H, W) already normalised (tcm.detector.normalize) and returns the detector's
+output maps as a tuple in the order the model's dict gives them; their names are the ONNX output names, so
+`dict(zip(output_names, session.run(None, feeds)))` rebuilds the dict the codec's `decode` expects.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+OPSET = 17  # LayerNormalization and scaled-dot-product attention export natively; onnxruntime >= 1.14 runs it
+
+
+class _TupleOutputs(nn.Module):
+    """Returns the wrapped detector's dict outputs as a tuple in a fixed key order."""
+
+    def __init__(self, model: nn.Module, keys: list[str]):
+        super().__init__()
+        self.model = model
+        self.keys = keys
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        outputs = self.model(images)
+        return tuple(outputs[k] for k in self.keys)
+
+
+def export_onnx(model: nn.Module, path: str | Path, height: int, width: int, batch_size: int = 1) -> list[str]:
+    """Export `model` (eval mode) for inputs of height x width (multiples of 32); the batch axis stays dynamic.
+
+    Returns the output names in graph order. Uses torch's TorchScript-based exporter (`dynamo=False`): the
+    torch.export-based one needs onnxscript, which this project does not ship.
+    """
+    if height % 32 or width % 32:
+        raise ValueError(f"export size {height}x{width} must be a multiple of 32 (tcm/export.py)")
+    was_training = model.training
+    model.eval()
+    try:
+        example = torch.zeros(batch_size, 3, height, width, device=next(model.parameters()).device)
+        with torch.no_grad():
+            keys = list(model(example).keys())
+        wrapper = _TupleOutputs(model, keys).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its deprecation
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(path),
+                input_names=["images"],
+                output_names=keys,
+                dynamic_axes={"images": {0: "batch"}, **{k: {0: "batch"} for k in keys}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    finally:
+        model.train(was_training)
+    return keys
