@@ -15,6 +15,7 @@ section of benchmarks/RESULTS.md (other sections are left as they are).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import time
@@ -142,7 +143,9 @@ def section(rows: list[dict], repeats: int) -> str:
         "",
         "`benchmarks/db_decode.py`: `DBCodec.decode` (quad mode, from logits) vs rapidocr_onnxruntime 1.4.4",
         "`DBPostProcess` (from probabilities) on the same maps, same parameters (bin 0.3, box 0.3, unclip 1.5,",
-        f"min size 3, fast score). Time = median of {repeats} interleaved repeats, per map, one process.",
+        f"min size 3, fast score). Time = median of {repeats} interleaved repeats, per map, one process;",
+        f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (absolute times move with",
+        "the load, the ratio much less).",
         "\"same\" = boxes matched one-to-one with IoU >= 0.99.",
         "",
         "| maps | n | size | boxes ours / theirs | same | worst IoU | max score gap | ours ms | theirs ms "

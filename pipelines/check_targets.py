@@ -13,7 +13,8 @@ from typing import Literal
 import typer
 
 from pipelines import storage
-from pipelines.ingest import build_row, plan_pairs
+from pipelines.ingest import plan_pairs, read_rows
+from pipelines.sources import open_source
 from tcm.build import build_codec
 from tcm.config import DBHeadConfig, FCEHeadConfig, HeadConfig, PANHeadConfig
 from tcm.evaluation import evaluate
@@ -48,11 +49,10 @@ def check_targets(kind: str, fmt: str, src: str, mode: str | None = None) -> dic
     """Round-trip every image of a dataset through the head's codec. Returns ICDAR IoU scores."""
     cfg = head_config(kind, mode)
     codec = build_codec(cfg)
-    root = storage.resolve(src)
-    plan = plan_pairs(storage.list_files(root), fmt)
-    pairs, skipped = [], list(plan.quarantined)
-    for pair in plan.pairs:
-        row, bad, _ = build_row(root, pair, fmt, fmt, "check")
+    source = open_source([src])
+    plan = plan_pairs(source.list(), fmt)
+    pairs, skipped = [], source.refused + plan.quarantined
+    for row, bad, _ in read_rows(source, plan.pairs, fmt, fmt, "check"):
         if bad is not None:
             skipped.append(bad)
             continue

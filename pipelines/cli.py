@@ -48,7 +48,12 @@ def synth(
 @app.command()
 def ingest(
     format: str = typer.Option(..., "--format", help=FORMAT_HELP),
-    src: str = typer.Option(..., "--src", help="Source folder or s3://bucket/prefix in the dataset's native layout."),
+    src: list[str] = typer.Option(
+        ...,
+        "--src",
+        help="Source folder or s3://bucket/prefix in the dataset's native layout, or the official archive(s) "
+        "(.zip/.tar/.tar.gz; repeat --src for an images + annotations pair). Archives are read in place.",
+    ),
     dst: str = typer.Option(..., "--dst", help="Destination folder or s3://bucket/prefix for shards + manifest.json."),
     split: str = typer.Option(..., "--split", help="Split name recorded in every row (train, test, val, ...)."),
     dataset: str = typer.Option(None, "--dataset", help="Dataset name in row ids (default: the format name)."),

@@ -14,6 +14,7 @@ file, the line and the dotted key, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -99,10 +100,16 @@ class DataConfig(Strict):
     seed: int = 0  # fixes the few-shot subset and the augmentation streams
     batch_size: int = Field(16, gt=0)  # per worker: TCM configs use samples_per_gpu=16
     augment: AugmentConfig = Field(default_factory=AugmentConfig)  # crop_size defaults to model.input_size
-    val_batch_size: int = Field(1, gt=0)  # TCM test pipelines run batch 1 (images keep their own size)
+    val_batch_size: int = Field(1, gt=0)  # TCM test pipelines run batch 1
     # keep-ratio test resize (mmdet img_scale = (long, short)); TCM IC15 / CTW1500 test at (4068, 1024)
     val_long_side: int = Field(4068, gt=0)
     val_short_side: int = Field(1024, gt=0)
+    # square zero-padded test canvas (multiple of 32) so batches stack; images that would exceed it are resized
+    # down to fit. None = val_long_side rounded up to 32. IC15 (1280x720 at short side 1024 -> 1820): 1824
+    val_canvas: int | None = Field(None, gt=0, multiple_of=32)
+    map_batch_size: int = Field(4, gt=0)  # rows per augmentation call: 4 x (image + DB maps) at 640 ~ 60 MB
+    num_workers: int = Field(2, gt=0)  # concurrent augmentation tasks (2-core CI machine; raise on a cluster)
+    cpus_per_task: float = Field(1.0, gt=0)  # CPUs each augmentation task reserves (fractional on small CI)
 
 
 class OptimConfig(Strict):
@@ -136,12 +143,16 @@ class TrainConfig(Strict):
 
 
 class MlflowConfig(Strict):
-    tracking_uri: str = "sqlite:///mlflow.db"  # embedded default: a local sqlite store (relative to the cwd)
+    # None: $MLFLOW_TRACKING_URI (set by the cluster manifests in infra/), else a local sqlite store in the cwd
+    tracking_uri: str | None = None
     experiment: str = "tcm"
     artifact_location: str | None = None  # None: beside the checkpoints (<storage_path>/mlflow-artifacts)
     registered_model: str | None = "tcm-detector"  # None = log the model but don't register it
     alias: str = "champion"  # registry alias set on the version this run registers
     log_model: bool = True  # mlflow.pytorch.log_model at the end of training
+
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
 
 
 class SweepConfig(Strict):

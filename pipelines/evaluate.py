@@ -42,13 +42,11 @@ class PredRow:
 
 
 def gt_instances(row: Mapping[str, Any]) -> list[Instance]:
-    """Ground truth of an eval row: `polygons` (flat x0,y0,x1,y1,…) with `ignore` flags, original pixels."""
-    polygons = row["polygons"]
-    ignore = row["ignore"] if row.get("ignore") is not None else [False] * len(polygons)
-    return [
-        Instance(np.asarray(p, dtype=np.float64).reshape(-1, 2), ignore=bool(ig))  # flat -> (P, 2)
-        for p, ig in zip(polygons, ignore, strict=True)
-    ]
+    """Ground truth of an eval row (`gt_polygons` / `gt_ignore` JSON, original pixels; pipelines.augment)."""
+    from pipelines.augment import parse_gt
+
+    polygons, ignore = parse_gt(row["gt_polygons"], row["gt_ignore"])
+    return [Instance(p, ignore=ig) for p, ig in zip(polygons, ignore, strict=True)]
 
 
 def dets_to_json(dets: Sequence[Detection]) -> str:
@@ -57,14 +55,6 @@ def dets_to_json(dets: Sequence[Detection]) -> str:
 
 def dets_from_json(text: str) -> list[Detection]:
     return [Detection(np.asarray(d["points"], dtype=np.float64).reshape(-1, 2), float(d["score"])) for d in json.loads(text)]
-
-
-def gt_to_json(gt: Sequence[Instance]) -> str:
-    return json.dumps([{"points": g.points.reshape(-1).tolist(), "ignore": bool(g.ignore)} for g in gt])
-
-
-def gt_from_json(text: str) -> list[Instance]:
-    return [Instance(np.asarray(g["points"], dtype=np.float64).reshape(-1, 2), ignore=g["ignore"]) for g in json.loads(text)]
 
 
 def _scales(batch: Mapping[str, Any], B: int) -> list[tuple[float, float]]:
@@ -106,8 +96,8 @@ def predict_rows(
             scales = _scales({"scale": np.asarray(batch["scale"])[sel]}, len(sel))
             dets = decode_batch(model, codec, images.to(device), scales)
             for j, i in enumerate(sel):
-                row = {k: batch[k][i] for k in ("polygons", "ignore") if k in batch}
-                rows.append(PredRow(ids[i], gt_instances(row), dets[j]))
+                gt = gt_instances({"gt_polygons": batch["gt_polygons"][i], "gt_ignore": batch["gt_ignore"][i]})
+                rows.append(PredRow(ids[i], gt, dets[j]))
     finally:
         model.train(was_training)
     return rows
@@ -228,10 +218,10 @@ class Predictor:
         B = len(ids)
         images = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in batch["image"]]))  # (B, 3, H, W)
         dets = decode_batch(self.model, self.codec, images.to(self.device), _scales(batch, B))
-        gts = [gt_instances({k: batch[k][i] for k in ("polygons", "ignore") if k in batch}) for i in range(B)]
         return {
             "id": np.asarray(ids, dtype=object),
-            "gt": np.asarray([gt_to_json(g) for g in gts], dtype=object),
+            "gt_polygons": np.asarray(batch["gt_polygons"], dtype=object),
+            "gt_ignore": np.asarray(batch["gt_ignore"], dtype=object),
             "detections": np.asarray([dets_to_json(d) for d in dets], dtype=object),
         }
 
@@ -248,7 +238,7 @@ def predict_dataset(ds: Any, model_uri: str, tracking_uri: str | None, cfg: Expe
         compute=ray.data.ActorPoolStrategy(size=cfg.eval.num_actors),
         num_gpus=1 if cfg.eval.use_gpu else 0,
     )
-    return [PredRow(r["id"], gt_from_json(r["gt"]), dets_from_json(r["detections"])) for r in preds.iter_rows()]
+    return [PredRow(r["id"], gt_instances(r), dets_from_json(r["detections"])) for r in preds.iter_rows()]
 
 
 @dataclasses.dataclass
@@ -273,13 +263,12 @@ def run_evaluation(
     """Evaluate `model_uri` (models:/…, runs:/… or a checkpoint folder) on ingested datasets `refs`."""
     import ray
 
-    from pipelines.augment import eval_dataset
+    from pipelines.train import eval_datasets
 
     if not ray.is_initialized():
         ray.init()
-    tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.tracking_uri)
-    eval_cfg = cfg.with_overrides({"data.val": [r.model_dump() for r in refs]}, source="evaluate --data")
-    rows = predict_dataset(eval_dataset(eval_cfg), model_uri, tracking_uri, eval_cfg)
+    tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.resolved_tracking_uri())
+    rows = predict_dataset(eval_datasets(cfg, refs), model_uri, tracking_uri, cfg)
     with tempfile.TemporaryDirectory(prefix="tcm-eval-") as tmp:
         folder = out_dir or Path(tmp)
         metrics = score_pairs(

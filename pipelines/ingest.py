@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import storage
+from pipelines.sources import Limits, Source, open_source
 from pipelines.storage import Location
 from tcm.data.formats import get_format
 from tcm.data.validate import ImageError, inspect_image, validate_instances
@@ -87,14 +88,14 @@ def plan_pairs(files: list[str], fmt_name: str) -> Plan:
     return plan
 
 
-def build_row(src: Location, pair: Pair, fmt_name: str, dataset: str, split: str) -> tuple[dict | None, dict | None, int]:
-    """Read and validate one pair. Returns (row, quarantine entry, clipped point count)."""
+def build_row(
+    pair: Pair, image: bytes, annotation: bytes, fmt_name: str, dataset: str, split: str
+) -> tuple[dict | None, dict | None, int]:
+    """Validate one pair from its bytes. Returns (row, quarantine entry, clipped point count)."""
     fmt = get_format(fmt_name)
     try:
-        image = storage.read_bytes(src.join(pair.image))
         info = inspect_image(image, pair.image)
-        ann_bytes = storage.read_bytes(src.join(pair.annotation))
-        instances = fmt.parse(ann_bytes, pair.annotation)
+        instances = fmt.parse(annotation, pair.annotation)
         instances, clipped = validate_instances(instances, info.width, info.height, pair.annotation)
     except (ImageError, AnnotationError) as err:
         return None, {"source": pair.image if isinstance(err, ImageError) else pair.annotation, "reason": str(err)}, 0
@@ -113,6 +114,13 @@ def build_row(src: Location, pair: Pair, fmt_name: str, dataset: str, split: str
     return row, None, clipped
 
 
+def read_rows(source: Source, pairs: list[Pair], fmt_name: str, dataset: str, split: str):
+    """Yield (row, quarantine entry, clipped) for pairs, reading their files in one go per source."""
+    blobs = source.read_many([n for p in pairs for n in (p.image, p.annotation)])
+    for pair in pairs:
+        yield build_row(pair, blobs[pair.image], blobs[pair.annotation], fmt_name, dataset, split)
+
+
 def row_digest(row: dict) -> str:
     """Content hash of one row: independent of where the data came from and of the Parquet encoding."""
     content = {k: row[k] for k in ("id", "sha256", "width", "height", "polygons", "ignore", "texts")}
@@ -121,11 +129,9 @@ def row_digest(row: dict) -> str:
 
 def process_shard(task: dict) -> dict:
     """Ray Data UDF: build the rows of one shard and write its Parquet file (atomically). Returns a summary."""
-    src: Location = task["src"]
     dst: Location = task["dst"]
     rows, quarantined, clipped = [], [], 0
-    for pair in task["pairs"]:
-        row, bad, n = build_row(src, pair, task["format"], task["dataset"], task["split"])
+    for row, bad, n in read_rows(task["src"], task["pairs"], task["format"], task["dataset"], task["split"]):
         clipped += n
         if bad is not None:
             quarantined.append(bad)
@@ -155,7 +161,15 @@ def _run_shards(tasks: list[dict], progress) -> list[dict]:
     # tasks travel pickled (they hold pyarrow filesystems): one shard per block, one Ray task each
     items = [{"task": pickle.dumps(t)} for t in tasks]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(tasks)))
-    out = ds.map(lambda item: {"summary": process_shard(pickle.loads(item["task"]))}).take_all()
+    try:
+        out = ds.map(lambda item: {"summary": process_shard(pickle.loads(item["task"]))}).take_all()
+    except Exception as err:  # Ray wraps worker errors; surface the cause as one line
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        lines = [ln for ln in str(cause).strip().splitlines() if ln.strip()]
+        message = lines[-1] if lines else type(cause).__name__
+        raise IngestError(f"ingest failed, nothing was committed (re-run to resume): {message}") from None
     summaries = sorted((r["summary"] for r in out), key=lambda s: s["index"])
     for s in summaries:
         progress(f"shard {s['index']:05d}: {s['rows']} rows, {len(s['quarantined'])} quarantined")
@@ -179,26 +193,29 @@ def shard_uris(uri: str, split: str) -> list[str]:
 
 def ingest(
     fmt_name: str,
-    src_uri: str,
+    src_uri: str | list[str],
     dst_uri: str,
     split: str,
     dataset: str | None = None,
     rows_per_shard: int = ROWS_PER_SHARD,
     progress=print,
+    limits: Limits | None = None,
 ) -> dict:
     """Ingest one split of one dataset into DST and update DST/manifest.json. Returns the manifest."""
     get_format(fmt_name)  # unknown format -> clear error before any I/O
     dataset = dataset or fmt_name
     started = time.monotonic()
+    src_uris = [src_uri] if isinstance(src_uri, str) else list(src_uri)
     try:
-        src = storage.resolve(src_uri)
-        files = storage.list_files(src)
+        src = open_source(src_uris, limits)
+        files = src.list()
         dst = storage.resolve(dst_uri)
         storage.check_writable(dst)
     except storage.StorageError as err:
         raise IngestError(str(err)) from None
     plan = plan_pairs(files, fmt_name)
-    progress(f"ingest {fmt_name} {split}: {len(files)} files under {src.uri}, {len(plan.pairs)} image/annotation pairs")
+    plan.quarantined[:0] = src.refused
+    progress(f"ingest {fmt_name} {split}: {len(files)} files in {', '.join(src_uris)}, {len(plan.pairs)} image/annotation pairs")
     tasks = [
         {
             "index": i,
@@ -217,7 +234,7 @@ def ingest(
     details = {
         "format": fmt_name,
         "dataset": dataset,
-        "source": src.uri,
+        "source": ", ".join(src_uris),
         "rows": sum(s["rows"] for s in summaries),
         "files": [s["relpath"] for s in summaries if s["relpath"]],
         "quarantined": quarantined,

@@ -100,14 +100,76 @@ def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in ENV_TO_WORKERS if k in os.environ}
 
 
-def build_datasets(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Ray Datasets for the run: `train` (augmented + codec targets) and, when configured, `val`."""
+def train_split(cfg: ExperimentConfig) -> str:
+    splits = {ref.split for ref in cfg.data.train}
+    if len(splits) != 1:
+        raise ConfigError(f"data.train: all training sets must name the same split to be mixed, got {sorted(splits)}")
+    return splits.pop()
+
+
+def build_datasets(cfg: ExperimentConfig, first_epoch: int = 1) -> dict[str, Any]:
+    """Ray Datasets for the run: `train` (augmented + codec targets, sources mixed by weight) and `val`.
+
+    `first_epoch`: the epoch the run (re)starts at, so a resumed run continues the augmentation stream."""
     from pipelines import augment
 
-    datasets = {"train": augment.train_dataset(cfg)}
-    if cfg.data.val:
-        datasets["val"] = augment.eval_dataset(cfg)
+    d = cfg.data
+    det = cfg.detector()
+    datasets = {
+        "train": augment.train_dataset(
+            [(ref.uri, ref.weight) for ref in d.train],
+            train_split(cfg),
+            det,
+            d.augment,
+            d.seed,
+            d.fraction,
+            epoch=first_epoch - 1,
+            batch_size=d.map_batch_size,
+            num_workers=d.num_workers,
+            cpus_per_task=d.cpus_per_task,
+        )
+    }
+    if d.val:
+        datasets["val"] = eval_datasets(cfg, d.val)
     return datasets
+
+
+def eval_datasets(cfg: ExperimentConfig, refs: Sequence[Any]) -> Any:
+    """The eval rows of every ref (ingested folder + split), concatenated."""
+    from pipelines import augment
+
+    d = cfg.data
+    parts = [
+        augment.eval_dataset(
+            ref.uri,
+            ref.split,
+            cfg.detector(),
+            long_side=d.val_long_side,
+            short_side=d.val_short_side,
+            canvas=d.val_canvas,
+            batch_size=d.map_batch_size,
+            num_workers=d.num_workers,
+            cpus_per_task=d.cpus_per_task,
+        )
+        for ref in refs
+    ]
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def latest_epoch(storage_uri: str, name: str) -> int:
+    """Completed epochs of the newest checkpoint folder of run `name` (0 when none): sets the augmentation
+    stream of a resumed run. Train V2 itself decides which checkpoint is restored."""
+    import re
+
+    import pyarrow.fs as pafs
+
+    run = storage.resolve(storage_uri).join(name)
+    try:
+        infos = run.fs.get_file_info(pafs.FileSelector(run.path, allow_not_found=True))
+    except OSError:
+        return 0
+    epochs = [int(m.group(1)) for i in infos if (m := re.fullmatch(r"checkpoint_epoch=(\d+)", i.base_name))]
+    return max(epochs, default=0)
 
 
 @dataclasses.dataclass
@@ -140,7 +202,7 @@ def build_trainer(
         raise ConfigError("data.train: no training dataset configured")
     check_storage(cfg.train.storage_path, cfg.name)
     tags = data_hashes(cfg)
-    tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.tracking_uri)
+    tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.resolved_tracking_uri())
     experiment_id = registry.ensure_experiment(
         tracking_uri, cfg.mlflow.experiment, registry.default_artifact_location(cfg.mlflow, cfg.train.storage_path)
     )
@@ -177,7 +239,7 @@ def build_trainer(
             callbacks=list(callbacks),
             worker_runtime_env={"env_vars": worker_env()},
         ),
-        datasets=build_datasets(cfg),
+        datasets=build_datasets(cfg, latest_epoch(cfg.train.storage_path, cfg.name) + 1),
         # train is split across workers; every worker sees all of val and evaluates its own slice by id hash
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
@@ -236,7 +298,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from pipelines.checkpoint import load_checkpoint, load_model_state, read_checkpoint
+    from pipelines.checkpoint import load_model_state, read_checkpoint
     from tcm.build import build_codec, build_detector
 
     cfg = ExperimentConfig.model_validate(config["cfg"])

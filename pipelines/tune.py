@@ -111,7 +111,7 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
         raise ConfigError("data.val: a sweep ranks trials by validation hmean; configure a validation set")
     sweep_name = f"{cfg.name}-sweep"
     check_storage(cfg.train.storage_path, sweep_name)
-    tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.tracking_uri)
+    tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.resolved_tracking_uri())
     experiment_id = registry.ensure_experiment(
         tracking_uri, cfg.mlflow.experiment, registry.default_artifact_location(cfg.mlflow, cfg.train.storage_path)
     )

@@ -109,14 +109,15 @@ CHUNK = 64  # images prepared together: amortises numpy call overhead; memory st
 
 
 def clockwise(points: np.ndarray) -> np.ndarray:
-    """Points (P, 2) in the RRC's clockwise order (image coordinates, y down): reversed when counter-clockwise.
+    """Points (P, 2) in the RRC's clockwise order (image coordinates, y down).
 
+    Counter-clockwise input is reversed keeping its first corner (usually the top left) first.
     The RRC test: sum over edges of (x_{i+1} - x_i) * (y_{i+1} + y_i) <= 0 means clockwise.
     """
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)  # (P, 2)
     nxt = np.roll(pts, -1, axis=0)  # (P, 2) the next corner of every edge
     edge_sum = float(np.sum((nxt[:, 0] - pts[:, 0]) * (nxt[:, 1] + pts[:, 1])))
-    return pts if edge_sum <= 0 else pts[::-1].copy()
+    return pts if edge_sum <= 0 else np.concatenate([pts[:1], pts[:0:-1]])  # same first corner, reversed
 
 
 def _one_geometry(pts: np.ndarray) -> shapely.Geometry:
@@ -681,7 +682,13 @@ def _add(counts: dict[str, float], res: ImageResult) -> None:
 
 
 def _totals(results: Iterable[ImageResult]) -> dict[str, float]:
-    counts = {"images": 0.0, "gt_care": 0.0, "det_care": 0.0, "matched_gt": 0.0, "matched_det": 0.0}
+    counts: dict[str, float] = {
+        "images": 0,
+        "gt_care": 0,
+        "det_care": 0,
+        "matched_gt": 0.0,
+        "matched_det": 0.0,
+    }
     for res in results:
         _add(counts, res)
     return counts

@@ -28,11 +28,16 @@ def as_polygon(points: np.ndarray) -> np.ndarray:
     return pts
 
 
+def _next(pts: np.ndarray) -> np.ndarray:
+    """The following vertex of each vertex (P, 2): rows 1..P-1, then 0 (np.roll, without its overhead)."""
+    return np.concatenate((pts[1:], pts[:1]))
+
+
 def signed_area(points: np.ndarray) -> float:
     """Shoelace area; positive when the polygon is clockwise on the screen (y down)."""
     pts = as_polygon(points)
-    x, y = pts[:, 0], pts[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    nxt = _next(pts)
+    return 0.5 * float(np.dot(pts[:, 0], nxt[:, 1]) - np.dot(nxt[:, 0], pts[:, 1]))
 
 
 def polygon_area(points: np.ndarray) -> float:
@@ -43,7 +48,8 @@ def polygon_area(points: np.ndarray) -> float:
 def polygon_perimeter(points: np.ndarray) -> float:
     """Length of the closed boundary."""
     pts = as_polygon(points)
-    return float(np.linalg.norm(pts - np.roll(pts, -1, axis=0), axis=1).sum())
+    edges = _next(pts) - pts  # (P, 2)
+    return float(np.sqrt((edges * edges).sum(axis=1)).sum())
 
 
 def is_clockwise(points: np.ndarray) -> bool:

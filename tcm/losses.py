@@ -1,8 +1,8 @@
 """Losses shared by the heads and the instance-language matching loss (torch).
 
-All functions compute in fp32 whatever the autocast state (the callers' maps may be fp16/bf16 under AMP) and
-return a scalar that stays connected to the graph even when nothing is selected, so an image with no text gives
-a finite zero (or one) that `backward()` accepts.
+Computed in fp32 whatever the autocast state (the callers' maps may be fp16/bf16 under AMP); the scalar stays
+connected to the graph even when nothing is selected, so an image with no text gives a finite zero that
+`backward()` accepts.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ class FCEHead(nn.Module):
     def __init__(self, cfg: FCEHeadConfig, in_channels: Sequence[int]):
         super().__init__()
         if len(in_channels) != 4:
-            raise ValueError(f"tcm/heads/fce.py: FCEHead wants C2..C5 channels, got in_channels={list(in_channels)}")
+            raise ValueError(
+                f"tcm/heads/fce.py: FCEHead wants C2..C5 channels, got in_channels={list(in_channels)}"
+            )
         self.cfg = cfg
         k = cfg.fourier_degree
         self.neck = FPN(list(in_channels), cfg.neck_channels, start_level=1)  # P3..P5 at strides 8/16/32
@@ -53,12 +55,11 @@ class FCEHead(nn.Module):
 
     def loss(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
         """Sum over levels of loss_text (OHEM CE on TR), loss_center (CE on TCL), loss_reg_x/y (Smooth-L1)."""
-        parts = {"loss_text": 0.0, "loss_center": 0.0, "loss_reg_x": 0.0, "loss_reg_y": 0.0}
-        for s in self.cfg.strides:
-            level = self._level_loss(outputs[f"cls_s{s}"], outputs[f"reg_s{s}"], targets[f"level_s{s}"])
-            for name, value in level.items():
-                parts[name] = parts[name] + value
-        out = {name: torch.as_tensor(v) for name, v in parts.items()}
+        levels = [
+            self._level_loss(outputs[f"cls_s{s}"], outputs[f"reg_s{s}"], targets[f"level_s{s}"])
+            for s in self.cfg.strides
+        ]
+        out = {name: torch.stack([lv[name] for lv in levels]).sum() for name in levels[0]}
         out["loss"] = out["loss_text"] + out["loss_center"] + out["loss_reg_x"] + out["loss_reg_y"]
         return out
 
@@ -94,7 +95,12 @@ class FCEHead(nn.Module):
         denom = tr_train.sum().clamp(min=1.0) * self.cfg.num_sample
         loss_reg_x = (weight * F.smooth_l1_loss(px, gx, reduction="none", beta=1.0)).sum() / denom
         loss_reg_y = (weight * F.smooth_l1_loss(py, gy, reduction="none", beta=1.0)).sum() / denom
-        return {"loss_text": loss_text, "loss_center": loss_center, "loss_reg_x": loss_reg_x, "loss_reg_y": loss_reg_y}
+        return {
+            "loss_text": loss_text,
+            "loss_center": loss_center,
+            "loss_reg_x": loss_reg_x,
+            "loss_reg_y": loss_reg_y,
+        }
 
     def _fourier_to_points(self, real: Tensor, imag: Tensor) -> tuple[Tensor, Tensor]:
         """(M, 2k+1) coefficients c_-k..c_k -> x, y (M, num_sample) by the inverse transform (a matmul)."""
@@ -107,9 +113,10 @@ class FCEHead(nn.Module):
         ce = F.cross_entropy(logits, target.long(), reduction="none")  # (M,)
         pos = target * mask
         neg = (1.0 - target) * mask
-        n_pos = int(pos.sum().item())
-        n_neg_avail = int(neg.sum().item())
-        n_neg = min(n_neg_avail, int(OHEM_RATIO * n_pos)) if n_pos > 0 else min(n_neg_avail, OHEM_EMPTY_NEGATIVES)
+        n_pos, n_neg_avail = (int(n) for n in torch.stack([pos.sum(), neg.sum()]).tolist())  # one host sync
+        n_neg = (
+            min(n_neg_avail, int(OHEM_RATIO * n_pos)) if n_pos > 0 else min(n_neg_avail, OHEM_EMPTY_NEGATIVES)
+        )
         neg_ce = torch.where(neg > 0, ce, torch.full_like(ce, -1.0))  # (M,) non-negatives sink below any CE
         hard = torch.topk(neg_ce, n_neg).values if n_neg > 0 else ce.new_zeros(0)
         return ((ce * pos).sum() + hard.sum()) / max(n_pos + n_neg, 1)

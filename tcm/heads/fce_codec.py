@@ -16,7 +16,7 @@ from tcm.geometry import min_area_quad, to_clockwise
 from tcm.types import Detection
 
 FOURIER_POINTS = 400  # boundary points the Fourier transform is taken over (FCENet / mmocr)
-START_CANDIDATES = 8  # the start point is the top-most of the 8 points nearest the vertical centre line (mmocr)
+START_CANDIDATES = 8  # start = the top-most of the 8 points nearest the vertical centre line (mmocr)
 PERFECT_LOGIT = 20.0  # |logit| of a "perfect" 2-way softmax: p = 1 - 4e-18, far beyond any threshold
 
 
@@ -107,18 +107,14 @@ def head_tail_edges(points: np.ndarray, orientation_thr: float) -> tuple[int, in
     if P % 2 == 0:
         score[[P // 2 - 1, P - 1]] += 0.1  # CTW1500-style layout: points 0..k-1 top, k..2k-1 bottom
     arc = np.concatenate([[0.0], np.cumsum(lengths)])  # (P+1,) arc length at each vertex
-    best, best_pair = -np.inf, (P // 2 - 1, P - 1)
-    for h in range(P):
-        for t in range(h + 2, P):
-            if h == 0 and t == P - 1:
-                continue  # adjacent through the wrap-around
-            side_1 = arc[t] - arc[h + 1]  # points h+1 .. t
-            side_2 = arc[-1] - (arc[t + 1] - arc[h])  # points t+1 .. h (wrapping)
-            balance = 1.0 - abs(side_1 - side_2) / max(side_1 + side_2, 1e-12)
-            total = score[h] + score[t] + 0.3 * balance
-            if total > best:
-                best, best_pair = total, (h, t)
-    return best_pair
+    h, t = np.triu_indices(P, k=2)  # (Q,) every pair of edges h < t that are not neighbours ...
+    apart = ~((h == 0) & (t == P - 1))  # ... nor neighbours through the wrap-around
+    h, t = h[apart], t[apart]
+    side_1 = arc[t] - arc[h + 1]  # (Q,) boundary length of points h+1 .. t
+    side_2 = arc[-1] - (arc[t + 1] - arc[h])  # (Q,) points t+1 .. h (wrapping)
+    balance = 1.0 - np.abs(side_1 - side_2) / np.maximum(side_1 + side_2, 1e-12)  # 1 = equal sidelines
+    best = int(np.argmax(score[h] + score[t] + 0.3 * balance))
+    return int(h[best]), int(t[best])
 
 
 def _resample_line(line: np.ndarray, num_segments: int) -> np.ndarray:
@@ -138,12 +134,27 @@ def center_region_polygon(
     the centre line is their mean, `|top_0 - bottom_0| / 4 // step` points are dropped at the head (the same at
     the tail) when enough remain, and the sidelines are pulled to `shrink_ratio` of their distance from it.
     """
+    distinct = np.linalg.norm(points - np.roll(points, 1, axis=0), axis=1) > 1e-6  # (P,) not a repeat
+    points = points[distinct]
+    if len(points) == 3:  # a triangle has no head/tail pair: its min-area rectangle's region, clipped to it
+        band = center_region_polygon(min_area_quad(points), step, shrink_ratio, orientation_thr)
+        if band is None:
+            return None
+        clipped = shapely.Polygon(band).intersection(shapely.Polygon(points))
+        parts = [clipped] if isinstance(clipped, shapely.Polygon) else list(getattr(clipped, "geoms", []))
+        parts = [g for g in parts if isinstance(g, shapely.Polygon) and g.area > 0]
+        if not parts:
+            return None
+        return np.asarray(max(parts, key=lambda g: g.area).exterior.coords)[:-1]  # (Q, 2) open ring
+    if len(points) < 3:
+        return None
     P = len(points)
     h, t = head_tail_edges(points, orientation_thr)
     top = points[[(i % P) for i in range(h + 1, t + 1)]]  # head -> tail
     bottom = points[[(i % P) for i in range(t + 1, h + P + 1)]][::-1]  # reversed: head -> tail as well
     mean_len = 0.5 * (
-        np.linalg.norm(np.diff(top, axis=0), axis=1).sum() + np.linalg.norm(np.diff(bottom, axis=0), axis=1).sum()
+        np.linalg.norm(np.diff(top, axis=0), axis=1).sum()
+        + np.linalg.norm(np.diff(bottom, axis=0), axis=1).sum()
     )
     n = max(int(mean_len / step), 1)  # segments per sideline
     top, bottom = _resample_line(top, n), _resample_line(bottom, n)  # (n+1, 2) each
@@ -192,7 +203,10 @@ def poly_nms(polygons: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndar
         keep.append(int(i))
         b = boxes[rest]  # (R, 4)
         near = (
-            (b[:, 0] <= boxes[i, 2]) & (b[:, 2] >= boxes[i, 0]) & (b[:, 1] <= boxes[i, 3]) & (b[:, 3] >= boxes[i, 1])
+            (b[:, 0] <= boxes[i, 2])
+            & (b[:, 2] >= boxes[i, 0])
+            & (b[:, 1] <= boxes[i, 3])
+            & (b[:, 3] >= boxes[i, 1])
         )  # (R,) bounding boxes overlap: the only candidates with IoU > 0
         cand = rest[near]
         inter = shapely.area(shapely.intersection(geoms[i], geoms[cand]))  # (R_near,)
@@ -274,7 +288,9 @@ class FCECodec:
         aux_mask = np.ones((height, width), np.uint8)
         for poly, ign in zip(polys, ignore, strict=True):
             if len(poly) >= 3:
-                cv2.fillPoly(aux_mask if ign else aux_text, [np.round(poly).astype(np.int32)], 0 if ign else 1)
+                cv2.fillPoly(
+                    aux_mask if ign else aux_text, [np.round(poly).astype(np.int32)], 0 if ign else 1
+                )
         out["aux_text"] = aux_text.astype(np.float32)
         out["aux_mask"] = aux_mask.astype(np.float32)
         return out
@@ -318,7 +334,8 @@ class FCECodec:
         for s in self.cfg.strides:
             level = targets[f"level_s{s}"]  # (4k+5, h, w)
             fg = np.stack([level[0], level[1]]) * 2.0 - 1.0  # (2, h, w) in {-1, 1}: TR, TCL
-            cls = np.stack([-fg[0], fg[0], -fg[1], fg[1]]) * PERFECT_LOGIT  # (4, h, w) [TR bg, fg, TCL bg, fg]
+            # (4, h, w) logits [TR bg, TR fg, TCL bg, TCL fg]
+            cls = np.stack([-fg[0], fg[0], -fg[1], fg[1]]) * PERFECT_LOGIT
             out[f"cls_s{s}"] = cls.astype(np.float32)
             out[f"reg_s{s}"] = level[3:].astype(np.float32)  # (2(2k+1), h, w)
         return out

@@ -81,7 +81,9 @@ def test_greedy_is_gt_major_first_come_not_maximum_matching() -> None:
     # det0 [1, 11] overlaps GT0 [0, 10] and GT1 [2, 12] with IoU 9/11 each; det1 [-3, 7] overlaps GT0 with 7/13 and
     # GT1 with 5/15. GT0 takes det0 (the first det in order), GT1 then has nothing above 0.5: 1 match (a maximum
     # matching would find 2: GT0-det1, GT1-det0).
-    res = evaluate_image(gt(rect(0, 0, 10, 10), rect(2, 0, 12, 10)), dets(rect(1, 0, 11, 10), rect(-3, 0, 7, 10)))
+    res = evaluate_image(
+        gt(rect(0, 0, 10, 10), rect(2, 0, 12, 10)), dets(rect(1, 0, 11, 10), rect(-3, 0, 7, 10))
+    )
     assert res.pairs == [(0, 0)]
     assert res.matched_gt == 1.0 and res.det_care == 2
 
@@ -89,7 +91,12 @@ def test_greedy_is_gt_major_first_come_not_maximum_matching() -> None:
 def test_split_and_merged_detections_score_nothing_with_iou() -> None:
     halves = dets(rect(0, 0, 50, 20), rect(50, 0, 100, 20))  # IoU 0.5 each with the whole
     split = evaluate([(gt(rect(0, 0, 100, 20)), halves)])
-    assert (split.counts["matched_gt"], split.counts["det_care"], split.precision, split.recall) == (0, 2, 0, 0)
+    assert (split.counts["matched_gt"], split.counts["det_care"], split.precision, split.recall) == (
+        0,
+        2,
+        0,
+        0,
+    )
     merged = evaluate([(gt(rect(0, 0, 50, 20), rect(50, 0, 100, 20)), dets(rect(0, 0, 100, 20)))])
     assert (merged.counts["matched_gt"], merged.counts["gt_care"], merged.hmean) == (0, 2, 0.0)
 
@@ -116,7 +123,9 @@ def test_empty_images_give_zeros_not_errors() -> None:
     assert (nothing.precision, nothing.recall, nothing.hmean) == (0.0, 0.0, 0.0)
     blank = evaluate([([], []), ([], [])])
     assert blank.counts["images"] == 2 and blank.hmean == 0.0
-    assert blank.per_image[0].recall == 1.0 and blank.per_image[0].precision == 1.0  # RRC per-image convention
+    assert (
+        blank.per_image[0].recall == 1.0 and blank.per_image[0].precision == 1.0
+    )  # RRC per-image convention
     only_gt = evaluate([(gt(rect(0, 0, 10, 10)), [])])
     assert (only_gt.precision, only_gt.recall, only_gt.counts["gt_care"]) == (0.0, 0.0, 1)
     only_det = evaluate([([], dets(rect(0, 0, 10, 10)))])
@@ -136,11 +145,20 @@ def test_dataset_totals_are_global_sums_not_means() -> None:
 # ------------------------------------------------------------------------------------- polygons
 
 
+def rrc_edge_sum(points: np.ndarray) -> float:
+    """The RRC's `validate_clockwise_points` sum: <= 0 means clockwise in image coordinates."""
+    nxt = np.roll(points, -1, axis=0)
+    return float(np.sum((nxt[:, 0] - points[:, 0]) * (nxt[:, 1] + points[:, 1])))
+
+
 def test_counter_clockwise_points_are_normalised_for_files() -> None:
-    cw = rect(0, 0, 4, 2)
-    assert np.array_equal(clockwise(cw), cw)
-    assert np.array_equal(clockwise(cw[::-1]), cw[::-1][::-1])
-    assert np.array_equal(clockwise(cw[::-1]), cw)
+    cw = rect(0, 0, 4, 2)  # TL, TR, BR, BL
+    assert rrc_edge_sum(cw) <= 0 and np.array_equal(clockwise(cw), cw)
+    ccw = cw[[0, 3, 2, 1]]  # TL, BL, BR, TR
+    assert rrc_edge_sum(ccw) > 0
+    assert np.array_equal(clockwise(ccw), cw)  # reversed, first corner kept
+    hexagon = np.array([[0, 5], [3, 0], [8, 0], [11, 5], [8, 10], [3, 10]], dtype=np.float64)[::-1]
+    assert rrc_edge_sum(hexagon) > 0 and rrc_edge_sum(clockwise(hexagon)) <= 0
 
 
 def test_bow_tie_is_its_two_lobes_whatever_the_order() -> None:
@@ -172,7 +190,9 @@ def test_degenerate_polygons_have_zero_area_and_still_count() -> None:
 
 def test_arbitrary_polygons_match_shapely() -> None:
     # a U-shaped (non-convex) region, a 24-gon (beyond the numpy fast path) and a dart quad, against shifted copies
-    u = np.array([[0, 0], [30, 0], [30, 30], [20, 30], [20, 10], [10, 10], [10, 30], [0, 30]], dtype=np.float64)
+    u = np.array(
+        [[0, 0], [30, 0], [30, 30], [20, 30], [20, 10], [10, 10], [10, 30], [0, 30]], dtype=np.float64
+    )
     ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
     circle = np.stack([50 + 20 * np.cos(ang), 50 + 20 * np.sin(ang)], axis=1)
     dart = np.array([[0, 0], [10, 4], [20, 0], [10, 12]], dtype=np.float64)
@@ -181,9 +201,11 @@ def test_arbitrary_polygons_match_shapely() -> None:
     res = evaluate_image(gt(*shapes), dets(*shifted))
     for i in range(3):
         for j in range(3):
-            expected = shapely_iou(shapes[i], shifted[j]) if shapely.Polygon(shapes[i]).intersects(
-                shapely.Polygon(shifted[j])
-            ) else 0.0
+            expected = (
+                shapely_iou(shapes[i], shifted[j])
+                if shapely.Polygon(shapes[i]).intersects(shapely.Polygon(shifted[j]))
+                else 0.0
+            )
             assert res.iou[i, j] == pytest.approx(expected, abs=1e-12)
 
 
@@ -330,7 +352,9 @@ def test_chunked_evaluation_equals_per_image(monkeypatch: pytest.MonkeyPatch) ->
     pairs = []
     for _ in range(7):  # images of different sizes, some empty, crossing chunk borders
         boxes = [rect(x, y, x + 30, y + 10) for x, y in rng.integers(0, 100, (int(rng.integers(0, 5)), 2))]
-        preds = [b + rng.normal(0, 3, (4, 2)) for b in boxes] + [rect(150, 150, 160, 160)] * int(rng.integers(0, 2))
+        preds = [b + rng.normal(0, 3, (4, 2)) for b in boxes] + [rect(150, 150, 160, 160)] * int(
+            rng.integers(0, 2)
+        )
         pairs.append((gt(*boxes, ignore=(0,)), dets(*preds)))
     monkeypatch.setattr(ev, "CHUNK", 3)
     res = evaluate(pairs)
@@ -373,13 +397,20 @@ def test_fixture_perturbed_predictions_match_hand_derivation() -> None:
     preds = {
         1: [
             Detection(shift(i1[0].points, 0.1)),  # Genaxis, IoU ~ 0.9/1.1 = 0.82 -> match
-            Detection(shift(i1[1].points, 0.5)),  # [06], IoU ~ 0.5/1.5 = 0.33 -> care false positive, GT missed
+            Detection(
+                shift(i1[1].points, 0.5)
+            ),  # [06], IoU ~ 0.5/1.5 = 0.33 -> care false positive, GT missed
             Detection(i1[2].points[::-1].copy()),  # 62-03 counter-clockwise, IoU 1 -> match
             # Carpark dropped -> missed
-            Detection(images[1][2].points.copy()),  # on the `###` box 374,155..409,170: covered 1.0 -> don't care
+            Detection(
+                images[1][2].points.copy()
+            ),  # on the `###` box 374,155..409,170: covered 1.0 -> don't care
         ],
         2: [Detection(shift(i2[0].points, 0.1))],  # EXIT -> match; I2R dropped -> missed
-        3: [Detection(i3[0].points.copy()), Detection(shift(i3[1].points, 0.1))],  # both fusionopolis -> match
+        3: [
+            Detection(i3[0].points.copy()),
+            Detection(shift(i3[1].points, 0.1)),
+        ],  # both fusionopolis -> match
         4: [Detection(rect(100, 600, 200, 650))],  # far from every box -> care false positive
         5: [],
         6: [

@@ -77,7 +77,7 @@ class Td500:
             x, y, w, h, theta = (c.number(f, source, line_no) for f in fields[2:])
             with np.errstate(over="ignore", invalid="ignore"):  # checked just below
                 points = rect_corners(x, y, w, h, theta)  # (4, 2)
-            if False:
+            if not np.isfinite(points).all():
                 raise AnnotationError(source, "the rectangle's corners overflow a float", line_no)
             instances.append(Instance(points, "", ignore=fields[1] == "1"))
         return instances

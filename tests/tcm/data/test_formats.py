@@ -160,11 +160,13 @@ def test_totaltext_reads_wrapped_records_and_quotes() -> None:
         b"x: [[1 2 3]], y: [[4 5\n6]], ornt: [u'#'], transcriptions: [u'#']\n"
         b"x: [[1 2 3]], y: [[4 5 6]], ornt: [u'c'], transcriptions: []\n"
         b"x: [[1 2 3]], y: [[4 5 6]], ornt: ['m'], transcriptions: [u\"it's, [ok]\"]\n"
+        b"x: [[1 2 3]], y: [[4 5 6]], ornt: [u'c'], transcriptions: [u'\\xe9\\u00e9\\ud800\\U00110000\\n']\n"
     )
     got = get_format("totaltext").parse(data, "poly_gt_img11.txt")
     tri = poly(1, 4, 2, 5, 3, 6)
     want = [(poly(115, 322, 503, 346, 494, 426, 115, 404), "nauGHTY", False)]
     want += [(tri, "#", True), (tri, "", False), (tri, "it's, [ok]", False)]
+    want += [(tri, "\u00e9\u00e9\\ud800\\U00110000\n", False)]  # escapes of no character stay as written
     assert_instances(got, want)
 
 
@@ -206,6 +208,7 @@ BAD_FILES = [
     ("icdar2013", b'1 2 3 four "x"\n', 1, "not a number"),
     ("td500", b"0 0 1 2 3 4 0\n0 2 1 2 3 4 0\n", 2, "difficult"),
     ("td500", b"0 0 1 2 3 4\n", 1, "fields"),
+    ("td500", b"0 0 1e308 0 1e308 1 0\n", 1, "overflow"),
     ("ctw1500", b"1,2,3,4,5,####x\n", 1, "odd"),
     ("ctw1500", b"1,2,3,4,5,6,7,8\n", 1, "####"),
     ("ctw1500", b"<Annotations>\n<image>\n<box><segs>1,2</segs>\n</image>\n", 4, "malformed XML"),

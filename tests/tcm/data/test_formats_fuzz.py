@@ -14,9 +14,9 @@ from tcm.data.formats import FORMATS, Ctw1500, get_format
 from tcm.data.formats.td500 import rect_corners
 from tcm.types import AnnotationError, Instance
 
-# 300 examples per reader and strategy keeps the whole file at a few seconds; no example database in the repo.
+# 300 examples per reader and strategy keep the file near 15 s of CPU; no example database written into the repo.
 FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-ROUND_TRIP = settings(max_examples=100, deadline=None, database=None)
+ROUND_TRIP = settings(max_examples=75, deadline=None, database=None)
 
 NUMBERS = ["0", "1", "7", "42", "-3", "1.5", ".5", "5.", "1e3", "1e999", "-0", "nan", "inf", "١", "1_0", " "]
 ALPHABETS: dict[str, list[str]] = {
@@ -138,18 +138,13 @@ def alphabet_text(name: str) -> st.SearchStrategy[bytes]:
 
 
 @pytest.mark.parametrize("name", FORMATS)
-def test_reader_survives_arbitrary_bytes(name: str) -> None:
-    FUZZ(given(st.binary(max_size=400))(lambda data: check_parse(name, data)))()
+def test_reader_survives_arbitrary_and_mutated_bytes(name: str) -> None:
+    FUZZ(given(st.binary(max_size=400) | mutated(name))(lambda data: check_parse(name, data)))()
 
 
 @pytest.mark.parametrize("name", FORMATS)
 def test_reader_survives_its_own_alphabet(name: str) -> None:
     FUZZ(given(alphabet_text(name))(lambda data: check_parse(name, data)))()
-
-
-@pytest.mark.parametrize("name", FORMATS)
-def test_reader_survives_mutated_files(name: str) -> None:
-    FUZZ(given(mutated(name))(lambda data: check_parse(name, data)))()
 
 
 # --- writer -> reader round trips on generated instances ----------------------------------------------------
@@ -174,7 +169,7 @@ def points(min_p: int, max_p: int) -> st.SearchStrategy[np.ndarray]:
 def texts(chars: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
     # A list of characters, not st.text: text() merges a union alphabet into one uniform range, which would
     # make the SPECIAL characters as rare as any other code point.
-    return st.lists(chars, max_size=20).map("".join)
+    return st.lists(chars, max_size=20).map("".join) | st.lists(SPECIAL, max_size=12).map("".join)
 
 
 def instances(

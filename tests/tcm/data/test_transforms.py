@@ -59,7 +59,9 @@ def test_flip_maps_x_to_w_minus_1_minus_x_exactly():
     expected = np.stack([255.0 - poly[:, 0], poly[:, 1]], axis=1)  # x -> W - 1 - x
     assert len(polys) == 1 and ignore == [False]
     np.testing.assert_allclose(polys[0], expected, atol=1e-9)
-    np.testing.assert_allclose(_apply_3x3(flip_matrix(200), np.array([[0.0, 0.0], [199.0, 5.0]])), [[199, 0], [0, 5]])
+    np.testing.assert_allclose(
+        _apply_3x3(flip_matrix(200), np.array([[0.0, 0.0], [199.0, 5.0]])), [[199, 0], [0, 5]]
+    )
 
 
 def _apply_3x3(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -76,26 +78,32 @@ def test_rotate_expand_keeps_every_pixel():
     # a small angle grows the canvas so that all four corners stay inside it
     m, w, h = rotate_expand_matrix(50, 30, 10.0)
     corners = _apply_3x3(m, np.array([[0, 0], [49, 0], [0, 29], [49, 29]], float))
-    assert corners.min() >= -1e-9 and corners[:, 0].max() <= w - 1 + 1e-9 and corners[:, 1].max() <= h - 1 + 1e-9
+    assert (
+        corners.min() >= -1e-9 and corners[:, 0].max() <= w - 1 + 1e-9 and corners[:, 1].max() <= h - 1 + 1e-9
+    )
     assert w > 50 and h > 30
 
 
-def test_pixels_and_polygons_move_together():
+@pytest.mark.parametrize("size", [256, 128])  # 128: shrinks below 0.5x, through the pyrDown path
+def test_pixels_and_polygons_move_together(size: int):
     """Fill the polygons white on black, augment: white pixels = the transformed polygons (up to resampling)."""
     image = cv2.cvtColor(_filled(300, 400, POLYS), cv2.COLOR_GRAY2BGR)
     kernel = np.ones((5, 5), np.uint8)  # 2 px either side: bilinear resampling and polygon rounding
+    cfg = replace(CFG, crop_size=size)
     for seed in range(60):
-        plan = sample_plan(400, 300, POLYS, IGNORE, np.random.default_rng(seed), CFG)
-        out, polys, _ = apply_plan(image, POLYS, IGNORE, plan, CFG.crop_size)
+        plan = sample_plan(400, 300, POLYS, IGNORE, np.random.default_rng(seed), cfg)
+        out, polys, _ = apply_plan(image, POLYS, IGNORE, plan, size)
         white = out[:, :, 0] > 127
         # every output polygon (clipped to the content) is ink ...
-        kept = _filled(256, 256, polys)
+        kept = _filled(size, size, polys)
         core = cv2.erode(kept, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)  # 2 px in
         assert not (core & ~white).any(), f"seed {seed}: polygon without ink"
         # ... and all ink lies on the polygons moved by the same matrix (before clipping: the last content row
         # may blend in ink of a polygon part just beyond the crop edge)
-        moved = _filled(264, 264, transform_polygons(POLYS, plan.matrix))  # margin: parts just off the canvas
-        near = cv2.dilate(moved, kernel)[:256, :256].astype(bool)
+        moved = _filled(
+            size + 8, size + 8, transform_polygons(POLYS, plan.matrix)
+        )  # margin: parts just off it
+        near = cv2.dilate(moved, kernel)[:size, :size].astype(bool)
         assert not (white & ~near).any(), f"seed {seed}: ink off the polygons"
         assert white.sum() > 0.8 * (kept > 0).sum()
 
@@ -111,10 +119,17 @@ def test_crop_keeps_care_text_whole():
         for poly, ign in zip(moved, IGNORE, strict=True):
             if ign:
                 continue
-            inside = (poly >= -1e-6).all() & (poly[:, 0] <= plan.x_max + 1e-6).all() & (poly[:, 1] <= plan.y_max + 1e-6).all()
-            outside = (poly[:, 0] < 0).all() | (poly[:, 1] < 0).all() | (poly[:, 0] > plan.x_max).all() | (
-                poly[:, 1] > plan.y_max
-            ).all()
+            inside = (
+                (poly >= -1e-6).all()
+                & (poly[:, 0] <= plan.x_max + 1e-6).all()
+                & (poly[:, 1] <= plan.y_max + 1e-6).all()
+            )
+            outside = (
+                (poly[:, 0] < 0).all()
+                | (poly[:, 1] < 0).all()
+                | (poly[:, 0] > plan.x_max).all()
+                | (poly[:, 1] > plan.y_max).all()
+            )
             assert inside or outside, f"seed {seed}: care polygon cut by the crop"
             if inside:  # kept unchanged, with its flag
                 assert any(len(p) == len(poly) and np.allclose(p, poly) for p in polys)

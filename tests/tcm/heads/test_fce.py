@@ -35,21 +35,27 @@ def rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
 
 
-@pytest.mark.parametrize(("channels", "neck", "B", "size"), [(TINY_CHANNELS, 32, 2, 128), (RN50_CHANNELS, 256, 1, 64)])
+@pytest.mark.parametrize(
+    ("channels", "neck", "B", "size"), [(TINY_CHANNELS, 32, 2, 128), (RN50_CHANNELS, 256, 1, 64)]
+)
 def test_output_shapes_and_backward(channels, neck, B, size):
     torch.manual_seed(0)
     cfg = FCEHeadConfig(neck_channels=neck)
     head = FCEHead(cfg, channels)
     out = head(features(channels, B, size))
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        f"{n}_s{s}": (B, 4 if n == "cls" else 22, size // s, size // s) for s in (8, 16, 32) for n in ("cls", "reg")
+        f"{n}_s{s}": (B, 4 if n == "cls" else 22, size // s, size // s)
+        for s in (8, 16, 32)
+        for n in ("cls", "reg")
     }
     codec = FCECodec(cfg)
     polys = [[rect(8, 8, 40, 24)], [rect(4, 30, 60, 50)]][:B]
     losses = head.loss(out, batch_targets(codec, polys, size))
     assert set(losses) == {"loss_text", "loss_center", "loss_reg_x", "loss_reg_y", "loss"}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
-    assert losses["loss"].item() == pytest.approx(sum(losses[k].item() for k in losses if k != "loss"), rel=1e-6)
+    assert losses["loss"].item() == pytest.approx(
+        sum(losses[k].item() for k in losses if k != "loss"), rel=1e-6
+    )
     losses["loss"].backward()
     for name, p in head.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -72,7 +78,7 @@ def test_perfect_outputs_give_zero_loss_and_regression_is_local_to_text():
     cfg = FCEHeadConfig(neck_channels=32)
     codec = FCECodec(cfg)
     head = FCEHead(cfg, TINY_CHANNELS)
-    targets = batch_targets(codec, [[rect(10, 10, 100, 40)], [rect(20, 60, 70, 120)]], 128)
+    targets = batch_targets(codec, [[rect(10, 10, 50, 30)], [rect(60, 60, 90, 100)]], 128)  # both on s8
     perfect = [codec.targets_as_outputs({k: v[b].numpy() for k, v in targets.items()}) for b in range(2)]
     outputs = {k: torch.from_numpy(np.stack([p[k] for p in perfect])) for k in perfect[0]}  # (2, ...) per key
     losses = head.loss(outputs, targets)
@@ -93,7 +99,9 @@ def test_head_inverse_fourier_matches_the_codec():
     cfg = FCEHeadConfig(neck_channels=32)
     head = FCEHead(cfg, TINY_CHANNELS)
     real, imag = np.random.default_rng(0).normal(size=(2, 7, 11))
-    x, y = head._fourier_to_points(torch.tensor(real, dtype=torch.float32), torch.tensor(imag, dtype=torch.float32))
+    x, y = head._fourier_to_points(
+        torch.tensor(real, dtype=torch.float32), torch.tensor(imag, dtype=torch.float32)
+    )
     want = fourier_to_polygons(real, imag, cfg.num_sample)  # (7, 50, 2)
     assert np.allclose(x.numpy(), want[..., 0], atol=1e-4) and np.allclose(y.numpy(), want[..., 1], atol=1e-4)
 
@@ -109,9 +117,15 @@ def test_ohem_keeps_three_negatives_per_positive_or_100_without_text():
     assert no_text.item() == pytest.approx(hardest[:100].mean().item(), rel=1e-5)
     target = torch.zeros(M)
     target[-10:] = 1.0  # 10 positives (easy end of the ramp), 990 negatives -> 30 hardest kept
-    ce_pos = torch.nn.functional.cross_entropy(logits[-10:], torch.ones(10, dtype=torch.long), reduction="sum")
+    ce_pos = torch.nn.functional.cross_entropy(
+        logits[-10:], torch.ones(10, dtype=torch.long), reduction="sum"
+    )
     hard_neg = ce_neg[:-10].sort(descending=True).values[:30].sum()
-    assert FCEHead._ohem_ce(logits, target, mask).item() == pytest.approx(((ce_pos + hard_neg) / 40).item(), rel=1e-5)
+    assert FCEHead._ohem_ce(logits, target, mask).item() == pytest.approx(
+        ((ce_pos + hard_neg) / 40).item(), rel=1e-5
+    )
     mask[:500] = 0.0  # masked pixels never count, even the hardest ones
     hard_neg = ce_neg[500:-10].sort(descending=True).values[:30].sum()
-    assert FCEHead._ohem_ce(logits, target, mask).item() == pytest.approx(((ce_pos + hard_neg) / 40).item(), rel=1e-5)
+    assert FCEHead._ohem_ce(logits, target, mask).item() == pytest.approx(
+        ((ce_pos + hard_neg) / 40).item(), rel=1e-5
+    )

@@ -31,7 +31,9 @@ def rect(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)  # (4, 2) clockwise on screen
 
 
-def arc_band(cx: float, cy: float, radius: float, thick: float, a0: float, span: float, n: int = 7) -> np.ndarray:
+def arc_band(
+    cx: float, cy: float, radius: float, thick: float, a0: float, span: float, n: int = 7
+) -> np.ndarray:
     """A curved word: 2n points (CTW1500 layout), outer arc left -> right then inner arc right -> left."""
     t = np.linspace(a0, a0 + span, n)
     outer = np.stack([cx + (radius + thick / 2) * np.cos(t), cy + (radius + thick / 2) * np.sin(t)], axis=1)
@@ -59,7 +61,9 @@ def test_fourier_round_trip_recovers_the_polygon():
     assert iou(square, reconstruct(square)) > 0.95
     # more harmonics -> closer to a thin word's sharp corners
     thin = rect(100, 100, 300, 120)
-    assert iou(thin, reconstruct(thin, 2)) < iou(thin, reconstruct(thin, 5)) < iou(thin, reconstruct(thin, 12))
+    assert (
+        iou(thin, reconstruct(thin, 2)) < iou(thin, reconstruct(thin, 5)) < iou(thin, reconstruct(thin, 12))
+    )
 
 
 def test_fourier_signature_normalises_start_and_orientation():
@@ -73,7 +77,8 @@ def test_fourier_signature_normalises_start_and_orientation():
     contour = reconstruct(band)
     assert is_clockwise(contour)
     centre_x = band[:, 0].mean()
-    assert abs(contour[0, 0] - centre_x) < 10 and contour[0, 1] < band[:, 1].mean()  # starts at the top middle
+    # starts at the top middle
+    assert abs(contour[0, 0] - centre_x) < 10 and contour[0, 1] < band[:, 1].mean()
     assert np.allclose(c[K], band.mean(axis=0) @ [1, 1j], atol=5)  # c_0 = contour centroid (x + iy)
 
 
@@ -108,6 +113,22 @@ def test_center_region_is_a_thin_band_along_the_centre_line():
     assert 0.2 < centre.area / outer.area < 0.35  # shrink 0.3 of the width, minus the dropped ends
 
 
+def test_triangles_and_repeated_vertices_still_get_a_centre_region_and_decode():
+    triangle = np.array([[100, 100], [300, 110], [120, 160]], dtype=np.float64)
+    repeated = np.array([[350, 300], [500, 300], [500, 300], [500, 340], [350, 340]], dtype=np.float64)
+    for poly in (triangle, repeated):
+        centre = shapely.Polygon(center_region_polygon(poly, 4.0, 0.3, 2.0))
+        assert centre.intersection(shapely.Polygon(poly)).area > 0.9 * centre.area > 0  # mostly inside
+    codec = FCECodec(FCEHeadConfig())
+    dets = codec.decode(
+        codec.targets_as_outputs(codec.encode([triangle, repeated], [False, False], 640, 640))
+    )
+    assert len(dets) == 2
+    assert (
+        max(iou(d.points, triangle) for d in dets) > 0.7 and max(iou(d.points, repeated) for d in dets) > 0.8
+    )
+
+
 # ----------------------------------------------------------------------------------------------- encode
 
 
@@ -131,7 +152,10 @@ def test_encode_maps_shapes_and_fourier_offsets():
     t = codec.encode([word, ignored], [False, True], CANVAS, 480)
     assert set(t) == {"level_s8", "level_s16", "level_s32", "aux_text", "aux_mask"}
     for s in cfg.strides:
-        assert t[f"level_s{s}"].shape == (4 * K + 5, CANVAS // s, 480 // s) and t[f"level_s{s}"].dtype == np.float32
+        assert (
+            t[f"level_s{s}"].shape == (4 * K + 5, CANVAS // s, 480 // s)
+            and t[f"level_s{s}"].dtype == np.float32
+        )
     assert t["aux_text"].shape == t["aux_mask"].shape == (CANVAS, 480)
     area = shapely.Polygon(word).area
     assert abs(t["aux_text"].sum() - area) < 0.05 * area  # full-resolution text region of the care word only
@@ -139,7 +163,7 @@ def test_encode_maps_shapes_and_fourier_offsets():
     level = t["level_s8"]
     tr, tcl, mask = level[0], level[1], level[2]
     assert mask[60 // 8, 420 // 8] == 0 and tr[60 // 8, 420 // 8] == 0 and mask.sum() > mask.size * 0.9
-    assert 0 < tcl.sum() < 0.6 * tr.sum() and (tcl <= np.maximum(tr, 0)).mean() > 0.97  # centre inside the word
+    assert 0 < tcl.sum() < 0.6 * tr.sum() and (tcl <= tr).mean() > 0.97  # the centre lies inside the word
     ys, xs = np.nonzero(tr)
     real, imag = level[3 : 3 + 2 * K + 1], level[3 + 2 * K + 1 :]
     centroid = real[K, ys, xs] + xs + 1j * (imag[K, ys, xs] + ys)  # c_0 - (x + iy) + (x + iy)
@@ -193,7 +217,8 @@ def test_decode_score_is_tr_alpha_times_tcl_beta_over_threshold():
     cfg = FCEHeadConfig()
     codec = FCECodec(cfg)
     out = codec.targets_as_outputs(codec.encode([rect(100, 100, 260, 160)], [False], 320, 320))
-    for s in cfg.strides:  # TR prob 0.6 everywhere: 0.6^1.2 = 0.54 passes 0.3 where TCL is on; 0.35^1.2 doesn't
+    # TR probability 0.6 everywhere: 0.6^1.2 = 0.54 passes 0.3 where TCL is on; 0.35^1.2 = 0.28 does not
+    for s in cfg.strides:
         out[f"cls_s{s}"][0:2] = 0.0
         out[f"cls_s{s}"][1] = np.log(0.6 / 0.4)
     (det,) = codec.decode(out)
@@ -246,7 +271,9 @@ def test_synthetic_totaltext_and_ic15_round_trip_hmean():
     synth = pytest.importorskip("tcm.data.synth", reason="synthetic generator not present")
     for fmt, mode in (("totaltext", "poly"), ("icdar2015", "quad")):
         layout = synth.layout_for(fmt)
-        images = [synth.render_image(synth.image_rng(3, "train", k), CANVAS, CANVAS, layout)[1] for k in range(6)]
+        images = [
+            synth.render_image(synth.image_rng(3, "train", k), CANVAS, CANVAS, layout)[1] for k in range(6)
+        ]
         assert round_trip_hmean(FCECodec(FCEHeadConfig(mode=mode)), images, CANVAS, CANVAS) >= 0.9, fmt
 
 
