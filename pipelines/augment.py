@@ -5,7 +5,9 @@
     ──▶ {"image": (B, 3, S, S) float32, <codec keys>: (B, ...) float32}
 
 The per-batch work is the plain function `encode_batch` (and `augment_row` / `encode_sample` below it), so a
-torch DataLoader or a benchmark runs exactly the code Ray Data runs.
+torch DataLoader or a benchmark runs exactly the code Ray Data runs. The codec is built on the driver
+(`tcm.build.build_codec`) and shipped to the workers as an object: a worker then imports only the numpy codec,
+not the torch model library behind `tcm.build` (seconds and hundreds of MB per worker process).
 
 Reproducibility. Every random draw of a row comes from `row_rng(seed, epoch, repeat, row id)`: nothing depends
 on which worker handles the row or in which order. A Dataset is a plan that re-executes on every pass; pass k
@@ -22,7 +24,6 @@ by the same weights, so every part of the epoch has the mixture, not source afte
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -38,8 +39,7 @@ import ray.data
 
 from pipelines import storage
 from pipelines.ingest import read_manifest
-from tcm.build import build_codec
-from tcm.config import DetectorConfig, HeadConfig
+from tcm.config import DetectorConfig
 from tcm.data.transforms import (
     AugmentConfig,
     Polygons,
@@ -143,18 +143,13 @@ def augment_row(
     return colour_jitter(image, rng, aug_cfg), polygons, ignore
 
 
-@functools.lru_cache(maxsize=8)
-def _codec(head: HeadConfig) -> Any:
-    return build_codec(head)  # once per worker process and head config
-
-
 def encode_sample(
-    image: np.ndarray, polygons: Polygons, ignore: list[bool], model_cfg: DetectorConfig
+    image: np.ndarray, polygons: Polygons, ignore: list[bool], codec: Any, model_cfg: DetectorConfig
 ) -> dict[str, np.ndarray]:
     """(H, W, 3) uint8 BGR + polygons -> {"image": (3, H, W) float32, <codec target>: ...}."""
     H, W = image.shape[:2]
     out = {"image": normalize(image, model_cfg.pixel_mean, model_cfg.pixel_std)}
-    out.update(_codec(model_cfg.head).encode(polygons, ignore, H, W))
+    out.update(codec.encode(polygons, ignore, H, W))
     return out
 
 
@@ -169,19 +164,22 @@ def check_sizes(model_cfg: DetectorConfig, aug_cfg: AugmentConfig) -> None:
 def encode_batch(
     batch: pa.Table | Mapping[str, Any],
     *,
+    codec: Any,
     model_cfg: DetectorConfig,
     aug_cfg: AugmentConfig,
     seed: int,
     epoch: int,
 ) -> dict[str, np.ndarray]:
-    """Unified rows (id, image, polygons, ignore[, repeat]) -> {"image": (B, 3, S, S) float32, targets (B, ...)}."""
+    """Unified rows (id, image, polygons, ignore[, repeat]) -> {"image": (B, 3, S, S) float32, targets (B, ...)}.
+
+    `codec` = `tcm.build.build_codec(model_cfg.head)`."""
     cols = _columns(batch)
     B = len(cols["id"])
     samples = []
     for i in range(B):
         row = {name: values[i] for name, values in cols.items()}
         image, polygons, ignore = augment_row(row, aug_cfg=aug_cfg, seed=seed, epoch=epoch)
-        samples.append(encode_sample(image, polygons, ignore, model_cfg))
+        samples.append(encode_sample(image, polygons, ignore, codec, model_cfg))
     if not samples:
         return {}
     return {key: np.stack([s[key] for s in samples]) for key in samples[0]}  # each (B, ...)
@@ -310,11 +308,10 @@ def select_rows(
         base = ray.data.read_parquet(
             src.paths,
             filesystem=src.fs,
-            columns=list(columns),
             # file order changes every pass, reproducibly (seed + pass count)
             shuffle=ray.data.FileShuffleConfig(seed=seed + epoch, reseed_after_execution=True) if shuffle_files else None,
             num_cpus=cpus_per_task,
-        )
+        ).select_columns(list(columns))
         copies = [
             base.map_batches(
                 _select,
@@ -352,7 +349,10 @@ def train_dataset(
 
     `epoch`: the epoch of the first pass (a resumed run passes the epoch it resumes at). `cpus_per_task`: CPUs
     each read / augmentation task reserves (lower it when trainer workers hold the machine's CPUs)."""
+    from tcm.build import build_codec  # driver only: see the module docstring
+
     check_sizes(model_cfg, aug_cfg)
+    codec = build_codec(model_cfg.head)
     rows = select_rows(
         sources, split, seed=seed, fraction=fraction, epoch=epoch, num_workers=num_workers, cpus_per_task=cpus_per_task
     )
@@ -362,7 +362,7 @@ def train_dataset(
         batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=num_workers),
         num_cpus=cpus_per_task,
-        fn_kwargs={"model_cfg": model_cfg, "aug_cfg": aug_cfg, "seed": seed, "epoch": epoch},
+        fn_kwargs={"codec": codec, "model_cfg": model_cfg, "aug_cfg": aug_cfg, "seed": seed, "epoch": epoch},
     )
 
 

@@ -79,5 +79,10 @@ def ingest(
         fail(f"{len(quarantined)} item(s) quarantined and --strict is set")
 
 
+from pipelines.check_targets import check_targets_command  # noqa: E402  (commands register below the app)
+
+app.command("check-targets")(check_targets_command)
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())

@@ -23,7 +23,7 @@ import torch
 import typer
 
 from pipelines import registry
-from pipelines.config import ConfigError, DatasetRef, ExperimentConfig, load_config
+from pipelines.config import ConfigError, DatasetRef, ExperimentConfig, MlflowConfig, load_config
 from tcm.types import Detection, Instance
 
 log = logging.getLogger(__name__)
@@ -209,9 +209,9 @@ class Predictor:
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-        self.model, det_cfg = registry.load_model(model_uri, tracking_uri)
-        self.model.to(self.device).eval()
-        self.codec = build_codec(det_cfg.head)
+        loaded = registry.load_model(model_uri, tracking_uri)
+        self.model = loaded.model.to(self.device).eval()
+        self.codec = build_codec(loaded.detector.head)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ids = [str(i) for i in batch["id"]]
@@ -249,68 +249,119 @@ class EvalOutcome:
     mlflow_run_id: str | None
 
 
+def config_for_model(loaded: registry.LoadedModel, base: ExperimentConfig | None) -> ExperimentConfig:
+    """The config to evaluate with: the one given, else the training run's own (its test scale and protocol)."""
+    if base is not None:
+        return base
+    if loaded.experiment:
+        return ExperimentConfig.model_validate(loaded.experiment)
+    from pipelines.config import ModelConfig
+
+    return ExperimentConfig(model=ModelConfig.from_detector(loaded.detector))
+
+
 def run_evaluation(
     model_uri: str,
     refs: Sequence[DatasetRef],
-    cfg: ExperimentConfig,
+    cfg: ExperimentConfig | None = None,
     *,
+    tracking_uri: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
     out_dir: Path | None = None,
     num_overlays: int = 4,
     log_to_mlflow: bool = True,
     run_name: str | None = None,
     parent_run_id: str | None = None,
 ) -> EvalOutcome:
-    """Evaluate `model_uri` (models:/…, runs:/… or a checkpoint folder) on ingested datasets `refs`."""
+    """Evaluate `model_uri` (models:/…, runs:/… or a checkpoint folder) on ingested datasets `refs`.
+
+    Test scale, protocol and actor pool come from `cfg`, else from the config the model was trained with."""
     import ray
 
     from pipelines.train import eval_datasets
 
     if not ray.is_initialized():
         ray.init()
-    tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.resolved_tracking_uri())
-    rows = predict_dataset(eval_datasets(cfg, refs), model_uri, tracking_uri, cfg)
+    tracking_uri = registry.absolute_tracking_uri(
+        tracking_uri or (cfg.mlflow.resolved_tracking_uri() if cfg else MlflowConfig().resolved_tracking_uri())
+    )
+    loaded = registry.load_model(model_uri, tracking_uri)  # fails fast on a bad URI, before any actor starts
+    cfg = config_for_model(loaded, cfg)
+    if overrides:
+        cfg = cfg.with_overrides(overrides, "--set")
+    rows = predict_dataset(eval_datasets(cfg, refs, loaded.detector), model_uri, tracking_uri, cfg)
     with tempfile.TemporaryDirectory(prefix="tcm-eval-") as tmp:
         folder = out_dir or Path(tmp)
-        metrics = score_pairs(
-            rows, cfg.eval.protocol, folder, num_overlays=num_overlays, images=overlay_source(refs)
-        )
+        metrics = score_pairs(rows, cfg.eval.protocol, folder, num_overlays=num_overlays, images=overlay_source(refs))
         run_id = None
         if log_to_mlflow:
-            experiment_id = registry.ensure_experiment(tracking_uri, cfg.mlflow.experiment)
-            run_id, _ = registry.get_or_create_run(
-                tracking_uri,
-                experiment_id,
-                key=registry.run_key(f"evaluate:{model_uri}", ",".join(f"{r.uri}#{r.split}" for r in refs)),
-                run_name=run_name or f"evaluate {model_uri}",
-                parent_run_id=parent_run_id,
-                tags={"tcm.model_uri": model_uri, "tcm.kind": "evaluation"},
-            )
-            logger = registry.RunLogger(tracking_uri, run_id)
-            logger.params({"model_uri": model_uri, "data": ",".join(f"{r.uri}#{r.split}" for r in refs), "protocol": cfg.eval.protocol})
-            logger.metrics({f"test/{k}": v for k, v in metrics.items()}, step=0)
-            logger.artifacts(folder, "evaluation")
-            registry.finish_run(tracking_uri, run_id)
+            run_id = _log_evaluation(tracking_uri, cfg, model_uri, refs, metrics, folder, run_name, parent_run_id)
     return EvalOutcome(metrics, rows, str(out_dir) if out_dir else None, run_id)
 
 
+def _log_evaluation(
+    tracking_uri: str,
+    cfg: ExperimentConfig,
+    model_uri: str,
+    refs: Sequence[DatasetRef],
+    metrics: Mapping[str, float],
+    folder: Path,
+    run_name: str | None,
+    parent_run_id: str | None,
+) -> str:
+    """One MLflow run per (model, data): evaluating the same pair again updates that run."""
+    data = ",".join(f"{r.uri}#{r.split}" for r in refs)
+    experiment_id = registry.ensure_experiment(tracking_uri, cfg.mlflow.experiment)
+    run_id, _ = registry.get_or_create_run(
+        tracking_uri,
+        experiment_id,
+        registry.run_key(f"evaluate:{model_uri}", data),
+        run_name or f"evaluate {model_uri}",
+        parent_run_id=parent_run_id,
+        tags={registry.MODEL_URI_TAG: model_uri, "tcm.kind": "evaluation"},
+    )
+    logger = registry.RunLogger(tracking_uri, run_id)
+    logger.params({"model_uri": model_uri, "data": data, "protocol": cfg.eval.protocol})
+    logger.metrics({f"test/{k}": v for k, v in metrics.items()}, step=0)
+    logger.artifacts(folder, "evaluation")
+    registry.finish_run(tracking_uri, run_id)
+    return run_id
+
+
 def evaluate_command(
-    model: str = typer.Option(..., "--model", help="models:/name@alias, runs:/id/model, or a checkpoint folder (path or s3://)."),
+    model: str = typer.Option(
+        ..., "--model", help="models:/name@alias, runs:/<id>/model, or a checkpoint folder (path, file:// or s3://)."
+    ),
     data: list[str] = typer.Option(..., "--data", help="Ingested dataset folder or s3:// prefix (repeatable)."),
     split: str = typer.Option("test", "--split", help="Split of the ingested data to evaluate."),
-    config: Path = typer.Option(None, "--config", help="Experiment YAML for test scale, protocol and MLflow settings."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set eval.num_actors=2."),
-    out: Path = typer.Option(None, "--out", help="Folder for metrics.json, per_image.json, curve and overlays."),
-    overlays: int = typer.Option(4, "--overlays", min=0, help="Images to draw GT/matched/missed/false-positive overlays for."),
+    config: Path = typer.Option(
+        None, "--config", help="Experiment YAML for test scale, protocol and MLflow (default: the model's own)."
+    ),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set eval.num_actors=2 (repeatable)."),
+    tracking_uri: str = typer.Option(
+        None, "--tracking-uri", help="MLflow tracking URI (default: the config's, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)."
+    ),
+    out: Path = typer.Option(None, "--out", help="Folder for metrics.json, per_image.json, the curve and overlays."),
+    overlays: int = typer.Option(4, "--overlays", min=0, help="Images to draw GT / matched / missed / false-positive overlays for."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not record the evaluation as an MLflow run."),
 ) -> None:
-    """Evaluate a model on ingested data with the ICDAR protocol (Ray Data batch inference, actor pool)."""
+    """Evaluate a model on ingested data with the ICDAR protocol (Ray Data batch inference on an actor pool)."""
+    from pipelines.checkpoint import CheckpointError
+    from pipelines.storage import StorageError
+
     try:
-        cfg = load_config(config, set_) if config else ExperimentConfig().with_overrides(_parse_sets(set_), "--set")
+        cfg = load_config(config, set_) if config else None
         outcome = run_evaluation(
-            model, [DatasetRef(uri=u, split=split) for u in data], cfg, out_dir=out, num_overlays=overlays,
+            model,
+            [DatasetRef(uri=u, split=split) for u in data],
+            cfg,
+            tracking_uri=tracking_uri,
+            overrides=None if config else _parse_sets(set_),
+            out_dir=out,
+            num_overlays=overlays,
             log_to_mlflow=not no_mlflow,
         )
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, StorageError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps({**outcome.metrics, "mlflow_run_id": outcome.mlflow_run_id, "out": outcome.out_dir}, indent=2))

@@ -13,11 +13,11 @@ Models are logged with `mlflow.pytorch.log_model` and carry the plain checkpoint
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -163,12 +163,13 @@ def log_model(
     detector: DetectorConfig,
     *,
     meta: Mapping[str, Any] | None = None,
+    experiment: Mapping[str, Any] | None = None,
     name: str = "model",
 ) -> str:
     """`mlflow.pytorch.log_model` into the run, with the plain checkpoint as extra files. Returns the model URI."""
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="tcm-model-") as tmp:
-        folder = ckpt_io.save_checkpoint(Path(tmp) / "checkpoint", model, detector, meta=meta)
+        folder = ckpt_io.save_checkpoint(Path(tmp) / "checkpoint", model, detector, meta=meta, experiment=experiment)
         extra = [str(folder / n) for n in (ckpt_io.MODEL_FILE, ckpt_io.CONFIG_FILE, ckpt_io.META_FILE)]
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
@@ -197,7 +198,14 @@ def run_model_uri(tracking_uri: str, run_id: str) -> str | None:
     return MlflowClient(tracking_uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
 
 
-def load_model(uri: str, tracking_uri: str | None = None) -> tuple[nn.Module, DetectorConfig]:
+@dataclass
+class LoadedModel:
+    model: nn.Module  # in eval mode, on CPU
+    detector: DetectorConfig
+    experiment: dict[str, Any] | None  # the training run's resolved config (test scale, protocol), when recorded
+
+
+def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
     """A detector from `models:/…`, `runs:/…` (weights only) or a checkpoint folder (path, file://, s3://)."""
     from tcm.build import build_detector
 
@@ -211,9 +219,9 @@ def load_model(uri: str, tracking_uri: str | None = None) -> tuple[nn.Module, De
             ckpt = ckpt_io.read_checkpoint(folder, with_train_state=False)
     else:
         ckpt = ckpt_io.load_checkpoint(uri)
-    model = build_detector(ckpt.detector)
+    model = build_detector(ckpt.detector, pretrained=False)  # every weight comes from the checkpoint
     ckpt_io.load_model_state(model, ckpt, ckpt.detector)
-    return model.eval(), ckpt.detector
+    return LoadedModel(model.eval(), ckpt.detector, ckpt.experiment)
 
 
 def _download_extra_files(uri: str, dst: str) -> Path:
@@ -226,10 +234,3 @@ def _download_extra_files(uri: str, dst: str) -> Path:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst)) / "extra_files"
     except mlflow.exceptions.MlflowException as err:
         raise ckpt_io.CheckpointError(f"{uri}: cannot fetch model ({err.message})") from None
-
-
-def load_config_json(uri: str) -> dict[str, Any] | None:
-    """The experiment config stored with a checkpoint folder (None when absent)."""
-    with ckpt_io.local_copy(uri) as folder:
-        path = folder / ckpt_io.CONFIG_FILE
-        return json.loads(path.read_text()).get("experiment") if path.is_file() else None

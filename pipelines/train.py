@@ -134,16 +134,18 @@ def build_datasets(cfg: ExperimentConfig, first_epoch: int = 1) -> dict[str, Any
     return datasets
 
 
-def eval_datasets(cfg: ExperimentConfig, refs: Sequence[Any]) -> Any:
-    """The eval rows of every ref (ingested folder + split), concatenated."""
+def eval_datasets(cfg: ExperimentConfig, refs: Sequence[Any], detector: Any = None) -> Any:
+    """The eval rows of every ref (ingested folder + split), concatenated; normalised as `detector` expects
+    (default: cfg's model)."""
     from pipelines import augment
 
     d = cfg.data
+    det = detector or cfg.detector()
     parts = [
         augment.eval_dataset(
             ref.uri,
             ref.split,
-            cfg.detector(),
+            det,
             long_side=d.val_long_side,
             short_side=d.val_short_side,
             canvas=d.val_canvas,
@@ -381,7 +383,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     if logger is not None and cfg.mlflow.log_model:
         meta = {"epoch": state.epoch, "global_step": state.global_step, "mlflow_run_id": config["mlflow_run_id"]}
-        registry.log_model(config["tracking_uri"], config["mlflow_run_id"], model, det_cfg, meta=meta)
+        registry.log_model(
+            config["tracking_uri"], config["mlflow_run_id"], model, det_cfg, meta=meta, experiment=config["cfg"]
+        )
     _barrier(world)
 
 

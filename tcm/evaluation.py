@@ -29,14 +29,18 @@ Polygons (deterministic rule, applied to ground truth and detections alike, in `
 - an invalid polygon (self-intersecting such as a bow-tie, or with a collapsed spike) is repaired with
   `shapely.make_valid(method="structure", keep_collapsed=False)`: the regions its rings enclose, lines and
   points dropped. A bow-tie becomes its two triangles (area = both lobes), whatever its start point or
-  order. (RRC keeps Polygon2's signed area, DB drops invalid polygons, mmocr uses `buffer(0)`, which keeps
-  one lobe depending on the order.);
+  order. (The RRC script hands such polygons to Polygon2 as they are, DB's evaluator drops them, mmocr uses
+  `buffer(0)`, which keeps one lobe depending on the order.);
 - what is still empty after that (collinear or repeated points) has area 0: IoU 0 with everything, never
   matched and never don't care; a zero-area care detection still counts as a (false) detection and a
   zero-area care GT as a (missed) ground truth, as the RRC script counts them.
 
-Speed: all intersection areas of an image come from one vectorised shapely call on the pairs whose bounding
-boxes overlap; the sweep computes them once per image and only re-thresholds (mmocr issue #847).
+Speed (benchmarks/eval_speed.py): images are prepared CHUNK at a time; only pairs whose bounding boxes
+overlap are intersected. Pairs of convex polygons (every valid quadrilateral detection, up to
+FAST_MAX_POINTS corners) get their intersection area from batched numpy clipping (Green's theorem over the
+clipped edges); the others from one vectorised GEOS call. The two differ by ~1e-13, so any ratio within
+SETTLE_TOL of a threshold is recomputed by GEOS before the comparison: decisions are exactly those of a plain
+shapely evaluation. The sweep computes the areas once per image and only re-thresholds (mmocr issue #847).
 """
 
 from __future__ import annotations
@@ -171,23 +175,23 @@ def _convex_info(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         e = np.roll(block, -1, axis=1) - block  # (n, P, 2) edge vectors
         e_next = np.roll(e, -1, axis=1)  # (n, P, 2)
         turn_cross = _cross(e, e_next)  # (n, P)
-        turn_dot = (e * e_next).sum(-1)  # (n, P)
-        turning = np.arctan2(turn_cross, turn_dot).sum(-1)  # (n,) ±2π for a convex polygon winding once
-        finite = np.isfinite(block).all(axis=(1, 2))
+        turn_dot = e[..., 0] * e_next[..., 0] + e[..., 1] * e_next[..., 1]  # (n, P)
         convex = (
-            finite
+            np.isfinite(block).all(axis=(1, 2))
             & (P >= 3)
-            & (e != 0).any(-1).all(-1)
-            & ~((turn_cross == 0) & (turn_dot <= 0)).any(-1)
-            & ((turn_cross >= 0).all(-1) | (turn_cross <= 0).all(-1))
-            & (np.abs(np.abs(turning) - 2 * np.pi) < 1e-6)
+            & ((e[..., 0] != 0) | (e[..., 1] != 0)).all(-1)  # no repeated corner
+            & ~((turn_cross == 0) & (turn_dot <= 0)).any(-1)  # no spike (a turn of 180 degrees)
+            & ((turn_cross >= 0).all(-1) | (turn_cross <= 0).all(-1))  # every turn the same way
         )
+        if P > 4:  # same-way turns each < 180 degrees sum to < P x 180: winding twice needs 5+ corners
+            turning = np.arctan2(turn_cross, turn_dot).sum(-1)  # (n,) ±2π when the polygon winds once
+            convex &= np.abs(np.abs(turning) - 2 * np.pi) < 1e-6
         x = block[:, :, 0] - block[:, :1, 0]  # (n, P)
         y = block[:, :, 1]  # (n, P)
         signed = np.zeros(n)
         for i in range(1, P):  # GEOS Area::ofRingSigned over the closed ring, summed in its order
             signed = signed + x[:, i] * (y[:, i - 1] - y[:, (i + 1) % P])
-    return convex, turning > 0, np.abs(signed / 2.0)
+    return convex, signed < 0, np.abs(signed / 2.0)  # GEOS's sign is the opposite of the shoelace's
 
 
 def _flatten(points: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -291,19 +295,22 @@ def _clipped_boundary(
     t_in = np.zeros((n, Ps))  # entering parameter along each S edge, max(0, ...)
     t_out = np.ones((n, Ps))  # leaving parameter, min(1, ...)
     blocked = np.zeros((n, Ps), dtype=bool)  # parallel to and outside (or on) one of C's edges
-    for k in range(Pc):  # one half-plane of C at a time: elementwise ops only, no tiny-axis reductions
-        cx, cy = Cx[:, k : k + 1], Cy[:, k : k + 1]  # (n, 1) corner k
-        ex, ey = Cx[:, (k + 1) % Pc, None] - cx, Cy[:, (k + 1) % Pc, None] - cy  # (n, 1) edge k
-        alpha = ex * (Sy - cy) - ey * (Sx - cx)  # (n, Ps) >= 0: S's corner on the inner side
-        beta = ex * dy - ey * dx  # (n, Ps) > 0: S's edge heads inwards
-        with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for k in range(Pc):  # one half-plane of C at a time: elementwise ops only, no tiny-axis reductions
+            cx, cy = Cx[:, k : k + 1], Cy[:, k : k + 1]  # (n, 1) corner k
+            ex, ey = Cx[:, (k + 1) % Pc, None] - cx, Cy[:, (k + 1) % Pc, None] - cy  # (n, 1) edge k
+            alpha = ex * (Sy - cy) - ey * (Sx - cx)  # (n, Ps) >= 0: S's corner on the inner side
+            beta = ex * dy - ey * dx  # (n, Ps) > 0: S's edge heads inwards
             t = -alpha / beta  # (n, Ps) where S's edge crosses the line of C's edge
-        t_in = np.where(beta > 0, np.maximum(t_in, t), t_in)
-        t_out = np.where(beta < 0, np.minimum(t_out, t), t_out)
-        if owner:  # A's edge on B's boundary counts when both run the same way
-            blocked |= (beta == 0) & ((alpha < 0) | ((alpha == 0) & (ex * dx + ey * dy <= 0)))
-        else:  # B's edge on A's boundary: A's own edge counted it (or it cancels)
-            blocked |= (beta == 0) & (alpha <= 0)
+            np.maximum(t_in, t, out=t_in, where=beta > 0)
+            np.minimum(t_out, t, out=t_out, where=beta < 0)
+            parallel = beta == 0  # (n, Ps) rare outside axis-aligned input
+            if parallel.any():
+                if owner:  # A's edge on B's boundary counts when both run the same way
+                    same_way = ex * dx + ey * dy > 0
+                    blocked |= parallel & ((alpha < 0) | ((alpha == 0) & ~same_way))
+                else:  # B's edge on A's boundary: A's own edge counted it (or it cancels)
+                    blocked |= parallel & (alpha <= 0)
     inside = (t_out > t_in) & ~blocked  # (n, Ps)
     q0x, q0y = Sx + t_in * dx, Sy + t_in * dy  # (n, Ps)
     q1x, q1y = Sx + t_out * dx, Sy + t_out * dy  # (n, Ps)
@@ -353,9 +360,8 @@ def _intersections(
     areas = np.zeros(len(g_all))  # (n,)
     fast = gt.convex[g_all] & det.convex[d_all]  # (n,)
     if fast.any():
-        sizes = (
-            gt.sizes[g_all] * (FAST_MAX_POINTS + 1) + det.sizes[d_all]
-        )  # (n,) one code per corner-count pair
+        # (n,) one code per (GT corners, det corners) pair: each group is clipped as one batch
+        sizes = gt.sizes[g_all] * (FAST_MAX_POINTS + 1) + det.sizes[d_all]
         for code in np.unique(sizes[fast]):
             sel = np.flatnonzero(fast & (sizes == code))
             Pg, Pd = divmod(int(code), FAST_MAX_POINTS + 1)
@@ -529,25 +535,22 @@ def _area_precision(geo: _ImageGeometry) -> np.ndarray:
     return _ratio(geo.inter, geo.det.area[None, :])
 
 
-def _settled(
-    geo: _ImageGeometry,
-    ratio: Callable[[_ImageGeometry], np.ndarray],
-    thr: float,
-    rows: np.ndarray | None = None,
-) -> np.ndarray:
-    """ratio(geo) (G, D), after GEOS has recomputed the numpy pairs (of `rows`) within SETTLE_TOL of thr."""
+def _settled(geo: _ImageGeometry, ratio: Callable[[_ImageGeometry], np.ndarray], thr: float) -> np.ndarray:
+    """ratio(geo) (G, D), after GEOS has recomputed the numpy pairs within SETTLE_TOL of thr."""
     values = ratio(geo)
-    near = np.abs(values - thr) <= SETTLE_TOL  # (G, D)
-    if rows is not None:
-        near &= rows[:, None]
-    return ratio(geo) if geo.settle(near) else values
+    return ratio(geo) if geo.settle(np.abs(values - thr) <= SETTLE_TOL) else values
 
 
 def _dontcare_dets(geo: _ImageGeometry, keep: np.ndarray, dc_thr: float) -> np.ndarray:
     """(D,) bool: kept detections covered more than dc_thr by some don't-care GT (by their own area)."""
     if not geo.gt_ignore.any():
         return np.zeros_like(keep)
-    covered = _settled(geo, _area_precision, dc_thr, rows=geo.gt_ignore)[geo.gt_ignore]  # (G_dc, D)
+    rows = geo.gt_ignore  # (G,)
+    covered = _ratio(geo.inter[rows], geo.det.area[None, :])  # (G_dc, D) inter / area(D)
+    near = np.zeros(geo.inter.shape, dtype=bool)  # (G, D)
+    near[rows] = np.abs(covered - dc_thr) <= SETTLE_TOL
+    if geo.settle(near):
+        covered = _ratio(geo.inter[rows], geo.det.area[None, :])
     return keep & (covered > dc_thr).any(axis=0)
 
 

@@ -23,7 +23,7 @@ TCL_NEGATIVE_WEIGHT = 0.5  # weight of the TCL cross-entropy outside the text re
 
 
 class FCEHead(nn.Module):
-    """in_channels = C2..C5 (C5 may carry +1 for the TCM score map); C2 is unused (FCENet starts at stride 8)."""
+    """in_channels = C2..C5 (C5 may carry +1 for the TCM score map); C2 is unused (FCENet starts at 1/8)."""
 
     def __init__(self, cfg: FCEHeadConfig, in_channels: Sequence[int]):
         super().__init__()
@@ -109,7 +109,7 @@ class FCEHead(nn.Module):
 
     @staticmethod
     def _ohem_ce(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        """2-class CE over `mask`: all positives + the hardest min(#neg, 3 #pos) negatives (100 if no positives)."""
+        """2-class CE on `mask`: every positive + the hardest min(#neg, 3 #pos) negatives (100 if no text)."""
         ce = F.cross_entropy(logits, target.long(), reduction="none")  # (M,)
         pos = target * mask
         neg = (1.0 - target) * mask

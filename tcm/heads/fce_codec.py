@@ -3,6 +3,7 @@
 Facts: ../shared/reference/detectors.md §3.2 (targets) and §3.4 (decoding). Per level (strides 8/16/32) a
 (4k+5, H/s, W/s) float32 map [TR, TCL, mask, real(2k+1), imag(2k+1)]; Fourier vectors are stored in the
 order c_-k..c_k (index k is c_0), with c_0 replaced by the offset of the contour centroid from the pixel.
+Pixel (x, y) of a level stands for the input point (s*x, s*y) (mmocr's convention; encode and decode agree).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ PERFECT_LOGIT = 20.0  # |logit| of a "perfect" 2-way softmax: p = 1 - 4e-18, far
 def fourier_basis(degree: int, num_points: int) -> tuple[np.ndarray, np.ndarray]:
     """cos/sin tables (2k+1, N) of the inverse transform: angle 2*pi*j*n/N for j = -k..k, n = 0..N-1.
 
-    x_n = sum_j Re(c_j) cos - Im(c_j) sin ;  y_n = sum_j Re(c_j) sin + Im(c_j) cos  (= Re/Im of sum c_j e^{i..}).
+    x_n = sum_j Re(c_j) cos - Im(c_j) sin ;  y_n = sum_j Re(c_j) sin + Im(c_j) cos  (Re/Im of sum c_j e^{i..})
     """
     j = np.arange(-degree, degree + 1, dtype=np.float64)[:, None]  # (2k+1, 1)
     n = np.arange(num_points, dtype=np.float64)[None, :]  # (1, N)
@@ -53,7 +54,7 @@ def resample_contour(polygon: np.ndarray, num_points: int) -> np.ndarray:
 
 
 def fourier_signature(polygon: np.ndarray, degree: int) -> np.ndarray:
-    """(P, 2) polygon -> complex (2k+1,) coefficients c_-k..c_k, start near the top middle, clockwise on screen."""
+    """(P, 2) polygon -> complex (2k+1,) coefficients c_-k..c_k; starts near the top middle, clockwise."""
     points = resample_contour(polygon.astype(np.float64), FOURIER_POINTS)  # (400, 2)
     centred = points - points.mean(axis=0)
     nearest_mid = np.argsort(np.abs(centred[:, 0]), kind="stable")[:START_CANDIDATES]
@@ -61,7 +62,7 @@ def fourier_signature(polygon: np.ndarray, degree: int) -> np.ndarray:
     points = np.roll(points, -start, axis=0)  # (400, 2) starting near the top middle
     spectrum = np.fft.fft(points[:, 0] + 1j * points[:, 1]) / FOURIER_POINTS  # (400,) c_0..c_399
     coeffs = np.concatenate([spectrum[-degree:], spectrum[: degree + 1]])  # (2k+1,) c_-k..c_k
-    # Orientation: the dominant first harmonic must be c_1 (increasing angle = clockwise in image coordinates).
+    # Orientation: the dominant first harmonic must be c_1 (increasing angle = clockwise on screen, y down).
     # Reversing c_-k..c_k reverses the traversal from the same start point. Ties are decided by c_2 vs c_-2.
     k = degree
     pos, neg = np.abs(coeffs[k + 1]), np.abs(coeffs[k - 1])
@@ -74,7 +75,7 @@ def fourier_signature(polygon: np.ndarray, degree: int) -> np.ndarray:
 
 
 def _turn_angles(points: np.ndarray) -> np.ndarray:
-    """(P, 2) closed polygon -> (P,) sum of the turning angles (radians) at both ends of each edge i -> i+1."""
+    """(P, 2) closed polygon -> (P,) sum of the turning angles (radians) at both ends of edge i -> i+1."""
     edges = np.roll(points, -1, axis=0) - points  # (P, 2) edge i goes from point i to point i+1
     unit = edges / np.maximum(np.linalg.norm(edges, axis=1, keepdims=True), 1e-12)
     turn_in = np.arccos(np.clip((np.roll(unit, 1, axis=0) * unit).sum(1), -1.0, 1.0))  # edge i-1 -> i
@@ -130,9 +131,10 @@ def center_region_polygon(
 ) -> np.ndarray | None:
     """The text centre line region of a (P, 2) polygon as one polygon (Q, 2), or None when it has no length.
 
-    Head/tail edges split the boundary into two sidelines; both are resampled to the same count with `step`,
-    the centre line is their mean, `|top_0 - bottom_0| / 4 // step` points are dropped at the head (the same at
-    the tail) when enough remain, and the sidelines are pulled to `shrink_ratio` of their distance from it.
+    Head/tail edges split the boundary into two sidelines; both are resampled to the same count with
+    `step`, the centre line is their mean, `|top_0 - bottom_0| / 4 // step` points are dropped at the head
+    (the same at the tail) when enough remain, and the sidelines are pulled to `shrink_ratio` of their
+    distance from it.
     """
     distinct = np.linalg.norm(points - np.roll(points, 1, axis=0), axis=1) > 1e-6  # (P,) not a repeat
     points = points[distinct]
@@ -218,7 +220,7 @@ def poly_nms(polygons: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndar
 
 
 def _unique_best(polygons: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop repeated (integer) polygons, keeping each one's best score: identical IoU-1 copies only cost NMS time."""
+    """Drop repeated (integer) polygons, keeping each one's best score: copies only cost NMS time."""
     M, N, _ = polygons.shape
     order = np.argsort(-scores, kind="stable")
     _, first = np.unique(polygons[order].reshape(M, N * 2), axis=0, return_index=True)  # rows (M, 2N)
@@ -256,12 +258,11 @@ class FCECodec:
             )
         self.cfg = cfg
         self.k = cfg.fourier_degree
-        self.num_channels = 4 * self.k + 5  # TR, TCL, mask, 2k+1 real, 2k+1 imag
 
     # ---------------------------------------------------------------- encode
 
     def level_of(self, polygon: np.ndarray, height: int) -> list[int]:
-        """Levels whose open range (lo, hi) holds max(bbox w, h) / image height (cv2.boundingRect of the int polygon)."""
+        """Levels whose open range (lo, hi) holds max(bbox w, h) / image height (bbox of the int polygon)."""
         _, _, w, h = cv2.boundingRect(polygon.astype(np.int32).reshape(-1, 1, 2))
         proportion = max(w, h) / (height + 1e-8)
         return [i for i, (lo, hi) in enumerate(self.cfg.level_proportion_range) if lo < proportion < hi]
@@ -375,9 +376,12 @@ class FCECodec:
         score = _softmax_fg(cls[0:2]) ** cfg.alpha * _softmax_fg(cls[2:4]) ** cfg.beta  # (h, w)
         regions = _fill_holes((score > cfg.score_thresh).astype(np.uint8))
         count, labels = cv2.connectedComponents(regions, connectivity=8)  # = filled outer contours
+        all_ys, all_xs = np.nonzero(labels)  # (T,) every candidate pixel
+        by_label = np.argsort(labels[all_ys, all_xs], kind="stable")  # (T,) grouped by text region
+        sizes = np.bincount(labels[all_ys, all_xs], minlength=count)[1:]  # (count-1,) pixels per region
         polys, scores = [], []
-        for label in range(1, count):
-            ys, xs = np.nonzero(labels == label)  # (M,) candidate pixels of this text region
+        for region in np.split(by_label, np.cumsum(sizes)[:-1]) if len(by_label) else []:
+            ys, xs = all_ys[region], all_xs[region]  # (M,) candidate pixels of this text region
             real = reg[:J, ys, xs].T.astype(np.float64)  # (M, 2k+1)
             imag = reg[J:, ys, xs].T.astype(np.float64)  # (M, 2k+1)
             real[:, k] += xs  # c_0 += x + iy: back from the pixel offset to the centroid

@@ -178,7 +178,8 @@ def test_degenerate_polygons_have_zero_area_and_still_count() -> None:
     two_points = np.array([[0, 0], [5, 5]], dtype=np.float64)
     nan = rect(0, 0, 5, 5)
     nan[2, 0] = np.nan
-    assert shapely.area(to_geometries([line, two_points, nan])).tolist() == [0.0, 0.0, 0.0]
+    closed_pair = np.array([[0, 0], [5, 5], [0, 0]], dtype=np.float64)  # 3 points, first == last: no ring
+    assert shapely.area(to_geometries([line, two_points, nan, closed_pair])).tolist() == [0.0] * 4
     # all three inside a DC region: area 0 -> coverage 0 -> not don't care; counted as (false) detections
     truth = gt(rect(0, 0, 50, 50), rect(100, 100, 120, 120), ignore=(0,))
     res = evaluate_image(truth, dets(line, two_points, nan, rect(100, 100, 120, 120)))

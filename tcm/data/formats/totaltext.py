@@ -52,7 +52,7 @@ def _string(value: str) -> str:
 
 
 def _quote(text: str) -> str:
-    return "u'" + text.replace("'", "\\'") + "'"
+    return "u'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _numbers(field: str, source: str, line_no: int) -> list[float]:

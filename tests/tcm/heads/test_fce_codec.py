@@ -240,7 +240,7 @@ def round_trip_hmean(codec: FCECodec, images: list[list[Instance]], height: int,
 
 
 def curved_images(rng: np.random.Generator, n: int) -> list[list[Instance]]:
-    """Arc-shaped 14-point words of various radii, thicknesses, spans, positions and directions on 640 x 640."""
+    """Arc-shaped 14-point words of various radii, thicknesses, spans, positions, directions on 640 x 640."""
     images = []
     for _ in range(n):
         placed: list[np.ndarray] = []

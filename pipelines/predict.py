@@ -1,0 +1,123 @@
+"""`tcm predict`: run a model on image files; polygons as JSON, RRC submission files and overlay PNGs.
+
+No Ray: a handful of images on one machine. The test-time resize is the one evaluation uses (keep ratio to
+(long, short) side, pad to /32), at the scale the model was validated with unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import typer
+
+from pipelines import registry
+from pipelines.config import DataConfig
+from tcm.types import Detection
+
+
+@dataclass
+class ImagePrediction:
+    path: str
+    width: int
+    height: int
+    detections: list[Detection]
+
+
+def predict_images(
+    loaded: registry.LoadedModel,
+    images: Sequence[Path],
+    *,
+    long_side: int,
+    short_side: int,
+    min_score: float = 0.0,
+) -> list[ImagePrediction]:
+    """Detect text in each image file; polygons in the image's own pixels."""
+    from pipelines.evaluate import decode_batch
+    from tcm.build import build_codec
+    from tcm.data.transforms import decode_image, normalize, resize_for_test
+
+    codec = build_codec(loaded.detector.head)
+    det = loaded.detector
+    out = []
+    for path in images:
+        image = decode_image(Path(path).read_bytes())  # (H, W, 3) uint8 BGR
+        H, W = image.shape[:2]
+        resized, scale = resize_for_test(image, long_side, short_side)
+        x = torch.from_numpy(normalize(resized, det.pixel_mean, det.pixel_std))[None]  # (1, 3, H', W')
+        dets = decode_batch(loaded.model, codec, x, [scale])[0]
+        out.append(ImagePrediction(str(path), W, H, [d for d in dets if d.score >= min_score]))
+    return out
+
+
+def write_outputs(preds: Sequence[ImagePrediction], out: Path, overlays: bool = True) -> dict[str, str]:
+    """predictions.json, submission/res_<name>.txt (RRC form) and overlays/<name>.png under `out`."""
+    import cv2
+
+    from pipelines.score import submission_name, write_submission
+    from tcm.data.transforms import decode_image
+    from tcm.visualize import draw_overlay
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "submission").mkdir(exist_ok=True)
+    records = []
+    for p in preds:
+        name = Path(p.path).name
+        write_submission(out / "submission" / submission_name(name), p.detections)
+        records.append(
+            {
+                "image": p.path,
+                "width": p.width,
+                "height": p.height,
+                "detections": [
+                    {"points": d.points.round(2).tolist(), "score": round(float(d.score), 5)} for d in p.detections
+                ],
+            }
+        )
+        if overlays:
+            (out / "overlays").mkdir(exist_ok=True)
+            canvas = draw_overlay(decode_image(Path(p.path).read_bytes()), [], p.detections)
+            cv2.imwrite(str(out / "overlays" / (Path(name).stem + ".png")), canvas)
+    (out / "predictions.json").write_text(json.dumps(records, indent=2))
+    return {"predictions": str(out / "predictions.json"), "submission": str(out / "submission")}
+
+
+def predict_command(
+    images: list[Path] = typer.Argument(..., help="Image files to detect text in.", exists=True, dir_okay=False),
+    model: str = typer.Option(
+        ..., "--model", help="models:/name@alias, runs:/<id>/model, or a checkpoint folder (path, file:// or s3://)."
+    ),
+    out: Path = typer.Option(Path("predictions"), "--out", help="Folder for predictions.json, submission/ and overlays/."),
+    long_side: int = typer.Option(None, "--long-side", min=32, help="Test resize: longer side cap (default: the model's validation scale)."),
+    short_side: int = typer.Option(None, "--short-side", min=32, help="Test resize: shorter side target (default: the model's validation scale)."),
+    min_score: float = typer.Option(0.0, "--min-score", min=0.0, max=1.0, help="Drop detections scoring below this."),
+    tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs."),
+    no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip the overlay PNGs."),
+) -> None:
+    """Detect text in images: polygons as JSON, RRC submission files and overlay PNGs."""
+    from pipelines.checkpoint import CheckpointError
+    from pipelines.config import MlflowConfig
+    from pipelines.storage import StorageError
+
+    uri = registry.absolute_tracking_uri(tracking_uri or MlflowConfig().resolved_tracking_uri())
+    try:
+        loaded = registry.load_model(model, uri)
+    except (CheckpointError, StorageError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    data = DataConfig.model_validate((loaded.experiment or {}).get("data", {}))
+    preds = predict_images(
+        loaded,
+        images,
+        long_side=long_side or data.val_long_side,
+        short_side=short_side or data.val_short_side,
+        min_score=min_score,
+    )
+    paths = write_outputs(preds, out, overlays=not no_overlays)
+    for p in preds:
+        typer.echo(f"{p.path}: {len(p.detections)} text instance(s)")
+    typer.echo(json.dumps(paths, indent=2))
+
