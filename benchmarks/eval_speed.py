@@ -198,8 +198,9 @@ the RRC algorithm in the same process. Both give P / R / H = {got[0]:.6f} / {got
 CPU seconds (`time.process_time`) are the figure of record: the machine is shared, which stretches wall time
 unevenly between the runs. Wall-clock ratio in this run: {wall_ratio:.1f}x.
 
-Command: `{command}`. Machine: {os.cpu_count()} CPUs (nproc), {platform.machine()}, Python
-{platform.python_version()}, shapely {shapely.__version__} (GEOS {".".join(map(str, shapely.geos_version))}).
+Command: `{command}`.
+Machine: {os.cpu_count()} CPUs (nproc), load average {os.getloadavg()[0]:.1f} at the end, {platform.machine()},
+Python {platform.python_version()}, shapely {shapely.__version__} (GEOS {".".join(map(str, shapely.geos_version))}).
 """
     write_section(args.results, body)
     print(f"updated {args.results}")

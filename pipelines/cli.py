@@ -80,8 +80,10 @@ def ingest(
 
 
 from pipelines.check_targets import check_targets_command  # noqa: E402  (commands register below the app)
+from pipelines.score import score_command  # noqa: E402
 
 app.command("check-targets")(check_targets_command)
+app.command("score")(score_command)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import random
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -80,9 +83,30 @@ def resolve(uri: str, *, endpoint: str | None = None) -> Location:
             raise StorageError(f"{uri}: unsupported scheme {other!r} (use a path, file:// or s3://)")
 
 
+# Transient S3 failures worth another try. The AWS SDK inside pyarrow retries some of them itself, but not a
+# 503 without an error body (HEAD requests) nor every dropped connection; Ray Data keeps a similar list.
+TRANSIENT = ("HTTP status 503", "HTTP status 500", "SLOW_DOWN", "SlowDown", "SERVICE_UNAVAILABLE", "NETWORK_CONNECTION",
+             "INTERNAL_FAILURE", "REQUEST_TIMEOUT", "Connection reset", "curlCode: 7", "curlCode: 28", "curlCode: 52",
+             "curlCode: 56")  # fmt: skip
+ATTEMPTS = 6  # with the backoff below: about 10 s of trying before an error surfaces
+BACKOFF_S = 0.2  # first pause; doubles each attempt (with jitter), capped at 4 s
+
+
+def retrying(action: Callable[[], object], is_s3: bool):
+    """Run a storage call, retrying transient S3 errors with exponential backoff and jitter."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return action()
+        except OSError as err:
+            if not is_s3 or attempt == ATTEMPTS - 1 or not any(t in str(err) for t in TRANSIENT):
+                raise
+            time.sleep(min(4.0, BACKOFF_S * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
 def _info(loc: Location) -> pafs.FileInfo:
     try:
-        return loc.fs.get_file_info(loc.path)
+        return retrying(lambda: loc.fs.get_file_info(loc.path), loc.is_s3)
     except OSError as err:  # unreachable endpoint, bad credentials, ...
         raise StorageError(f"{loc.uri}: cannot reach storage ({_first_line(err)})") from None
 
@@ -103,7 +127,7 @@ def list_files(loc: Location) -> list[str]:
     if info.type == pafs.FileType.File:
         raise StorageError(f"{loc.uri}: is a file, expected a folder")
     try:
-        infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True))
+        infos = retrying(lambda: loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True)), loc.is_s3)
     except OSError as err:
         raise StorageError(f"{loc.uri}: cannot list ({_first_line(err)})") from None
     prefix = loc.path.rstrip("/") + "/"
@@ -111,9 +135,12 @@ def list_files(loc: Location) -> list[str]:
 
 
 def read_bytes(loc: Location) -> bytes:
-    try:
+    def read() -> bytes:
         with loc.fs.open_input_stream(loc.path) as f:
             return f.read()
+
+    try:
+        return retrying(read, loc.is_s3)
     except FileNotFoundError:
         raise StorageError(f"{loc.uri}: not found") from None
     except OSError as err:
@@ -130,8 +157,12 @@ def write_bytes(loc: Location, data: bytes) -> None:
         if parent:
             loc.fs.create_dir(parent, recursive=True)
         if loc.is_s3:
-            with loc.fs.open_output_stream(loc.path) as f:
-                f.write(data)
+
+            def put() -> None:
+                with loc.fs.open_output_stream(loc.path) as f:
+                    f.write(data)
+
+            retrying(put, True)
             return
         tmp = f"{loc.path}.tmp-{uuid.uuid4().hex}"
         with loc.fs.open_output_stream(tmp) as f:
@@ -143,7 +174,7 @@ def write_bytes(loc: Location, data: bytes) -> None:
 
 def delete_file(loc: Location) -> None:
     try:
-        loc.fs.delete_file(loc.path)
+        retrying(lambda: loc.fs.delete_file(loc.path), loc.is_s3)
     except FileNotFoundError:
         pass
     except OSError as err:
