@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from tcm.build import build_codec, build_detector
-from tcm.config import DetectorConfig
+from tcm.config import DetectorConfig, TCMConfig
 from tcm.detector import Detector
 from tcm.optim import param_groups
 
@@ -73,7 +73,7 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no CLIP weights" is expected here
         for name, enabled in (("baseline", False), ("tcm", True)):
-            cfg = DetectorConfig(tcm=DetectorConfig().tcm.__class__(enabled=enabled))
+            cfg = DetectorConfig(tcm=TCMConfig(enabled=enabled))
             model = build_detector(cfg, pretrained=False)
             param_groups(model, 1e-4, 1e-4)  # freezes the text tower as training does
             models[name] = model

@@ -24,10 +24,11 @@ by the same weights, so every part of the epoch has the mixture, not source afte
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,16 +248,36 @@ def parse_gt(gt_polygons: str, gt_ignore: str) -> tuple[Polygons, list[bool]]:
 # row selection: few-shot subset, repeats / sub-sampling for the mixing weights
 
 
-def _select(table: pa.Table, *, fraction: float, repeat: int, keep: float, seed: int, epoch: int) -> pa.Table:
-    """Rows of the few-shot subset; for copy `repeat` of a source only a `keep` share of them, chosen by a
-    hash of (seed, epoch + pass, repeat, id). Adds the `repeat` column."""
+def _select(table: pa.Table, *, fraction: float, keeps: Sequence[float], seed: int, epoch: int) -> pa.Table:
+    """The few-shot subset, once per copy of the source: copy k keeps a `keeps[k]` share of it, chosen by a hash
+    of (seed, epoch + pass, k, id). Adds the `repeat` column (= k)."""
     ids = table.column("id").to_pylist()
-    mask = in_fraction(ids, fraction)
-    if keep < 1.0:
-        salt = f"mix/{seed}/{epoch + _pass_index()}/{repeat}"
-        mask &= id_unit(ids, salt) < keep
-    kept = table.filter(pa.array(mask))
-    return kept.append_column("repeat", pa.array(np.full(kept.num_rows, repeat, dtype=np.int32)))
+    subset = in_fraction(ids, fraction)
+    parts = []
+    for k, keep in enumerate(keeps):
+        mask = subset if keep >= 1.0 else subset & (id_unit(ids, f"mix/{seed}/{epoch + _pass_index()}/{k}") < keep)
+        part = table.filter(pa.array(mask))
+        parts.append(part.append_column("repeat", pa.array(np.full(part.num_rows, k, dtype=np.int32))))
+    return pa.concat_tables(parts)
+
+
+@contextlib.contextmanager
+def _parquet_reader_v1() -> Iterator[None]:
+    """Plan the read with Ray Data's V1 Parquet reader.
+
+    The default V2 reader starts FooterReader actors to list and index files on every execution: 4-10 s per
+    pass on the 2-core CI machine against 0.2-1 s for V1 (measured), i.e. per epoch, per validation and per test.
+    The manifest already names every shard, so footer-based listing buys nothing here. The choice is made when
+    the read is planned; the flag is restored right after."""
+    ctx = ray.data.DataContext.get_current()
+    before = getattr(ctx, "use_datasource_v2", None)
+    if before is not None:
+        ctx.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        if before is not None:
+            ctx.use_datasource_v2 = before
 
 
 def count_rows(shards: Shards, fraction: float) -> int:
@@ -305,24 +326,25 @@ def select_rows(
     compute = ray.data.TaskPoolStrategy(size=num_workers)
     per_source = []
     for src, keeps in zip(shards, plan, strict=True):
-        base = ray.data.read_parquet(
-            src.paths,
-            filesystem=src.fs,
-            # file order changes every pass, reproducibly (seed + pass count)
-            shuffle=ray.data.FileShuffleConfig(seed=seed + epoch, reseed_after_execution=True) if shuffle_files else None,
-            num_cpus=cpus_per_task,
-        ).select_columns(list(columns))
-        copies = [
-            base.map_batches(
+        with _parquet_reader_v1():
+            rows = ray.data.read_parquet(
+                src.paths,
+                filesystem=src.fs,
+                # file order changes every pass, reproducibly (seed + pass count)
+                shuffle=ray.data.FileShuffleConfig(seed=seed + epoch, reseed_after_execution=True)
+                if shuffle_files
+                else None,
+                num_cpus=cpus_per_task,
+            ).select_columns(list(columns))
+        per_source.append(
+            rows.map_batches(
                 _select,
                 batch_format="pyarrow",
                 compute=compute,
                 num_cpus=cpus_per_task,
-                fn_kwargs={"fraction": fraction, "repeat": k, "keep": keep, "seed": seed, "epoch": epoch},
+                fn_kwargs={"fraction": fraction, "keeps": keeps, "seed": seed, "epoch": epoch},
             )
-            for k, keep in enumerate(keeps)
-        ]
-        per_source.append(copies[0].union(*copies[1:]) if len(copies) > 1 else copies[0])
+        )
     if len(per_source) == 1:
         return per_source[0]
     # keeps the ratio throughout the epoch; every row is produced (the plan already fixed the counts)

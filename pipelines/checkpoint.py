@@ -14,6 +14,7 @@ do not change any tensor (decode thresholds, the CLIP weights path) only warn.
 from __future__ import annotations
 
 import json
+import pickle
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
@@ -100,7 +101,10 @@ def read_checkpoint(directory: str | Path, *, with_train_state: bool = True) -> 
             train_state = torch.load(directory / TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
         config = json.loads((directory / CONFIG_FILE).read_text())
         meta = json.loads((directory / META_FILE).read_text())
-    except (OSError, RuntimeError, ValueError) as err:  # pickle refusing non-weights, truncated files, bad JSON
+    except pickle.UnpicklingError as err:  # weights_only refused a non-tensor object: never run its code
+        reason = next((ln.strip() for ln in str(err).splitlines() if "Unsupported global" in ln), "not plain weights")
+        raise CheckpointError(f"{directory}: cannot read checkpoint, it holds more than weights ({reason})") from None
+    except (OSError, RuntimeError, ValueError) as err:  # truncated files, bad JSON
         raise CheckpointError(f"{directory}: cannot read checkpoint ({err})") from None
     detector = detector_config_from_dict(config["model"], source=str(directory / CONFIG_FILE))
     return Checkpoint(str(directory), model_state, detector, meta, config.get("experiment"), train_state)

@@ -29,7 +29,13 @@ class _TupleOutputs(nn.Module):
         return tuple(outputs[k] for k in self.keys)
 
 
-def export_onnx(model: nn.Module, path: str | Path, height: int, width: int, batch_size: int = 1) -> list[str]:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    height: int,
+    width: int,
+    batch_size: int = 1,  # of the tracing example only: the exported batch axis is dynamic
+) -> list[str]:
     """Export `model` (eval mode) for inputs of height x width (multiples of 32); the batch axis stays dynamic.
 
     Returns the output names in graph order. Uses torch's TorchScript-based exporter (`dynamo=False`): the

@@ -1,0 +1,202 @@
+"""Ray Train V2 on a local 2-CPU Ray: DDP workers, checkpoints, resume into the same MLflow run, S3 storage.
+
+Each training test runs tiny TCM-DB for a step or two on synthetic 128 px images; MLflow is a sqlite store
+shared by the module (one experiment per test).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from pipelines import registry
+from pipelines.config import ExperimentConfig, load_config
+from pipelines.storage import StorageError
+from pipelines.train import build_trainer, run_training, set_poly_lr, train_command
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "jobs" / "configs" / "tiny_cpu.yaml"
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+
+
+def synth_dataset(root: Path, split: str, n: int, seed: int) -> str:
+    """Synthetic IC15-format images, ingested for real (Parquet shards + manifest.json)."""
+    from pipelines.ingest import ingest
+    from tcm.data.synth import write_dataset
+
+    write_dataset("icdar2015", root / f"src-{split}", n=n, seed=seed, split=split, height=128, width=128)
+    ingest("icdar2015", str(root / f"src-{split}"), str(root / split), split, progress=lambda _msg: None)
+    return str(root / split)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, ray_local) -> dict[str, str]:
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    root = tmp_path_factory.mktemp("data")
+    return {"train": synth_dataset(root, "train", 12, seed=1), "val": synth_dataset(root, "val", 3, seed=2)}
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    return "sqlite:///" + str(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
+
+
+def tiny_config(data: dict[str, str], tracking_uri: str, storage: str, name: str, *overrides: str) -> ExperimentConfig:
+    return load_config(
+        TINY,
+        [
+            f"name={name}",
+            f"data.train=[{{uri: '{data['train']}'}}]",
+            f"data.val=[{{uri: '{data['val']}', split: val}}]",
+            f"train.storage_path={storage}",
+            f"mlflow.tracking_uri={tracking_uri}",
+            f"mlflow.experiment={name}",
+            "data.batch_size=2",
+            "train.steps_per_epoch=2",
+            "train.num_overlays=1",
+            *overrides,
+        ],
+    )
+
+
+def runs_of(tracking_uri: str, experiment: str) -> list:
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    return list(client.search_runs([exp.experiment_id])) if exp else []
+
+
+# ------------------------------------------------------------------------------------------------ fast checks
+
+
+def test_poly_schedule_decays_each_group_and_keeps_frozen_groups_at_zero():
+    cfg = ExperimentConfig().with_overrides({"optim.lr": 1e-3, "optim.min_lr": 1e-7, "train.epochs": 10})
+    w = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    opt = torch.optim.SGD(
+        [
+            {"params": [w[0]], "name": "head", "lr_factor": 1.0},
+            {"params": [w[1]], "name": "image_encoder", "lr_factor": 0.1},
+            {"params": [w[2]], "name": "text_encoder", "lr_factor": 0.0},
+        ],
+        lr=1e-3,
+    )
+    first = set_poly_lr(opt, cfg, 0)
+    assert first == pytest.approx({"head": 1e-3, "image_encoder": 1e-4, "text_encoder": 0.0})
+    mid = set_poly_lr(opt, cfg, 5)
+    assert mid["head"] == pytest.approx((1e-3 - 1e-7) * 0.5**0.9 + 1e-7)
+    assert mid["image_encoder"] == pytest.approx(0.1 * mid["head"])
+    assert set_poly_lr(opt, cfg, 9)["text_encoder"] == 0.0  # mmcv's poly would lift it to min_lr
+
+
+def test_unwritable_storage_fails_before_training(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    db = tmp_path / "mlflow.db"
+    never_read = {"train": str(tmp_path / "no-data"), "val": str(tmp_path / "no-data")}
+    cfg = tiny_config(never_read, f"sqlite:///{db}", str(blocker / "runs"), "unwritable")
+    with pytest.raises(StorageError, match=r"train\.storage_path .*a-file/runs is not writable"):
+        build_trainer(cfg)
+    assert not db.exists()  # failed before MLflow, data or Ray were touched
+
+
+def test_config_errors_stop_the_command_before_any_work(tmp_path):
+    import typer
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  preset: tiny\ntrain:\n  epoch: 3\n")
+    app = typer.Typer()
+    app.command()(train_command)
+    result = CliRunner().invoke(app, ["--config", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}:4: train.epoch: unknown key" in result.output
+
+
+# ------------------------------------------------------------------------------------------------ Ray Train
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_two_workers_train_checkpoint_and_log_to_mlflow(tmp_path, data, tracking_uri):
+    cfg = tiny_config(data, tracking_uri, str(tmp_path / "runs"), "two-workers", "train.epochs=1")
+    assert cfg.train.num_workers == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outcome = run_training(cfg)
+
+    assert math.isfinite(outcome.metrics["loss"]) and outcome.metrics["epoch"] == 1
+    ckpt = Path(outcome.checkpoint)
+    assert ckpt.name == "checkpoint_epoch=0001" and (ckpt / "model.pt").is_file()
+    assert json.loads((ckpt / "meta.json").read_text())["mlflow_run_id"] == outcome.run_id
+
+    (run,) = runs_of(tracking_uri, "two-workers")
+    assert run.info.run_id == outcome.run_id and run.info.status == "FINISHED"
+    m, params, tags = run.data.metrics, run.data.params, run.data.tags
+    assert math.isfinite(m["train/loss"]) and m["train/images_per_s"] > 0
+    assert 0.0 <= m["val/hmean"] <= 1.0 and {"val/precision", "val/recall"} <= m.keys()
+    assert any(k.startswith("lr/image_encoder") for k in m) and tags["tcm.world_size"] == "2"
+    assert params["model.tcm.num_prompts"] == "4" and params["train.num_workers"] == "2"
+    manifest = json.loads((Path(data["train"]) / "manifest.json").read_text())
+    assert tags["data.sha256"] == manifest["sha256"]
+    client = MlflowClient(tracking_uri)
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "validation/epoch=0001")}
+    assert "validation/epoch=0001/threshold_curve.png" in logged and "validation/epoch=0001/overlays" in logged
+    version = client.get_model_version_by_alias(cfg.mlflow.registered_model, cfg.mlflow.alias)
+    assert str(version.version) == outcome.model_version and version.tags["run_id"] == outcome.run_id
+    loaded = registry.load_model(f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias}", tracking_uri)
+    assert loaded.detector == cfg.detector()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_killed_run_resumes_from_its_checkpoint_into_the_same_mlflow_run(tmp_path, data, tracking_uri):
+    storage = str(tmp_path / "runs")
+    common = ("train.epochs=2", "train.num_workers=1", "mlflow.registered_model=null")
+    crashing = tiny_config(data, tracking_uri, storage, "resume", *common, "train.fail_after_epoch=1")
+    with warnings.catch_warnings(), pytest.raises(Exception, match="fail_after_epoch=1"):
+        warnings.simplefilter("ignore")
+        run_training(crashing)
+    (failed,) = runs_of(tracking_uri, "resume")
+    assert failed.info.status == "FAILED"
+    assert (Path(storage) / "resume" / "checkpoint_epoch=0001" / "model.pt").is_file()
+
+    again = tiny_config(data, tracking_uri, storage, "resume", *common)  # same name + storage, no crash
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outcome = run_training(again)
+    assert outcome.resumed and outcome.metrics["epoch"] == 2
+
+    (run,) = runs_of(tracking_uri, "resume")  # one MLflow run, not two
+    assert run.info.run_id == failed.info.run_id == outcome.run_id and run.info.status == "FINISHED"
+    history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "epoch")
+    assert sorted(h.step for h in history) == [1, 2]  # epoch 1 from the first attempt, 2 after resuming
+    assert run.data.tags["tcm.resumed_from_epoch"] == "1"
+    assert json.loads((Path(outcome.checkpoint) / "meta.json").read_text())["epoch"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_s3_storage_holds_checkpoints_and_mlflow_artifacts(s3_env, data, tracking_uri):
+    bucket = s3_env.create_bucket("tcm-train-test")
+    cfg = tiny_config(
+        data, tracking_uri, f"s3://{bucket}/runs", "on-s3", "train.epochs=1", "train.num_workers=1", "train.steps_per_epoch=1"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        outcome = run_training(cfg)
+    assert outcome.checkpoint == f"s3://{bucket}/runs/on-s3/checkpoint_epoch=0001"
+    keys = [o["Key"] for o in s3_env.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert "runs/on-s3/checkpoint_epoch=0001/model.pt" in keys
+    assert any(k.startswith("runs/mlflow-artifacts/") and k.endswith("threshold_curve.png") for k in keys)
+    assert any(k.startswith("runs/mlflow-artifacts/") and k.endswith("extra_files/model.pt") for k in keys)
+    loaded = registry.load_model(outcome.checkpoint)  # a checkpoint read back from the bucket
+    assert loaded.detector == cfg.detector()
