@@ -206,6 +206,7 @@ def ingest(
     dataset = dataset or fmt_name
     started = time.monotonic()
     src_uris = [src_uri] if isinstance(src_uri, str) else list(src_uri)
+    shown = ", ".join(storage.redact_uri(u) for u in src_uris)  # never a `key:secret@` in logs or manifests
     try:
         src = open_source(src_uris, limits)
         files = src.list()
@@ -215,7 +216,7 @@ def ingest(
         raise IngestError(str(err)) from None
     plan = plan_pairs(files, fmt_name)
     plan.quarantined[:0] = src.refused
-    progress(f"ingest {fmt_name} {split}: {len(files)} files in {', '.join(src_uris)}, {len(plan.pairs)} image/annotation pairs")
+    progress(f"ingest {fmt_name} {split}: {len(files)} files in {shown}, {len(plan.pairs)} image/annotation pairs")
     tasks = [
         {
             "index": i,
@@ -234,7 +235,7 @@ def ingest(
     details = {
         "format": fmt_name,
         "dataset": dataset,
-        "source": ", ".join(src_uris),
+        "source": shown,
         "rows": sum(s["rows"] for s in summaries),
         "files": [s["relpath"] for s in summaries if s["relpath"]],
         "quarantined": quarantined,

@@ -197,7 +197,7 @@ def open_source(uris: list[str], limits: Limits | None = None) -> Source:
     if len(uris) == 1 and not is_archive(uris[0]):
         return FolderSource(storage.resolve(uris[0]))
     if not all(is_archive(u) for u in uris):
-        raise SourceError(f"{', '.join(uris)}: several sources must all be archives ({', '.join(ARCHIVE_SUFFIXES)})")
+        raise SourceError(f"{', '.join(map(storage.redact_uri, uris))}: several sources must all be archives ({', '.join(ARCHIVE_SUFFIXES)})")
     if len(uris) == 1:
         return ArchiveSource(storage.resolve(uris[0]), limits)
     parts = [ArchiveSource(storage.resolve(u), limits, tag=f"archive{i}") for i, u in enumerate(uris)]

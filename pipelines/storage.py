@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import pyarrow.fs as pafs
 
@@ -45,7 +45,15 @@ def s3_endpoint(endpoint: str | None = None) -> str | None:
     return endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
-def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
+def redact_uri(uri: str) -> str:
+    """The URI without any `user:secret@` part: safe for logs, manifests, MLflow and error messages."""
+    parsed = urlparse(uri)
+    if parsed.scheme and "@" in parsed.netloc:
+        return uri.replace(parsed.netloc, "***@" + parsed.netloc.rsplit("@", 1)[1], 1)
+    return uri
+
+
+def s3_filesystem(endpoint: str | None = None, key: str | None = None, secret: str | None = None) -> pafs.S3FileSystem:
     """An S3 filesystem for the endpoint (or AWS when none), credentials from the standard environment."""
     endpoint = s3_endpoint(endpoint)
     kwargs: dict = {
@@ -59,7 +67,8 @@ def s3_filesystem(endpoint: str | None = None) -> pafs.S3FileSystem:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = endpoint
         kwargs["scheme"] = parsed.scheme or "http"
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    key = key or os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = secret or os.environ.get("AWS_SECRET_ACCESS_KEY")
     if key and secret:
         # explicit so the filesystem carries them when pickled to Ray workers on other nodes
         kwargs.update(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"))
@@ -71,10 +80,14 @@ def resolve(uri: str, *, endpoint: str | None = None) -> Location:
     parsed = urlparse(uri)
     match parsed.scheme:
         case "s3":
-            if not parsed.netloc:
-                raise StorageError(f"{uri}: an s3:// URI needs a bucket (s3://bucket/prefix)")
-            path = (parsed.netloc + "/" + parsed.path.lstrip("/")).rstrip("/")
-            return Location(s3_filesystem(endpoint), path, uri.rstrip("/"))
+            if not parsed.hostname:
+                raise StorageError(f"{redact_uri(uri)}: an s3:// URI needs a bucket (s3://bucket/prefix)")
+            # s3://KEY:SECRET@bucket/... (pyarrow's form) works, but the keys never reach the stored URI
+            bucket = parsed.netloc.rsplit("@", 1)[-1]
+            path = (bucket + "/" + parsed.path.lstrip("/")).rstrip("/")
+            fs = s3_filesystem(endpoint, parsed.username and unquote(parsed.username),
+                               parsed.password and unquote(parsed.password))  # fmt: skip
+            return Location(fs, path, redact_uri(uri).rstrip("/"))
         case "file":
             return Location(pafs.LocalFileSystem(), os.path.abspath(parsed.path), uri)
         case "":
