@@ -116,8 +116,8 @@ def main() -> None:
         f" train = forward + loss + backward, inference = forward under `torch.inference_mode()`.",
         f"Parameters: baseline {params['baseline']:.1f} M, TCM {params['tcm']:.1f} M (text tower"
         f" {sum(p.numel() for p in models['tcm'].text_encoder.clip.parameters()) / 1e6:.1f} M of them, frozen)."
-        f" Host: {os.cpu_count()} CPUs, load average {load:.1f} at the end (shared; absolute times move with the",
-        "load, ratios much less).",
+        f" Host: {os.cpu_count()} CPUs, load average {load:.1f} at the end. The host is shared: CPU seconds",
+        "(`time.process_time`) are the figure of record; wall times move with the other load.",
         "",
         "| step | baseline wall s | TCM wall s | baseline CPU s | TCM CPU s | ratio (wall) | ratio (CPU) | target |",
         "|---|---|---|---|---|---|---|---|",

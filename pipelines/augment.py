@@ -14,12 +14,15 @@ on which worker handles the row or in which order. A Dataset is a plan that re-e
 over the Dataset (the k-th epoch of a training loop, counted by Ray Data itself, as its own seeded `random()`
 expression and file shuffles do) draws the augmentation of epoch `epoch + k`, so one Dataset handed to a trainer
 gives fresh augmentation every epoch and a resumed run passes `epoch=<first epoch>` to continue the same stream.
+Only a completed pass counts: a loop that stops iterating early gets the same augmentation again next time.
 
 Mixing. Each source contributes weight_i / sum(weights) of an epoch of N = sum of the sources' (few-shot) row
 counts: a source whose share exceeds its size is repeated (copy k is another augmentation of the same image,
 `repeat` = k), a source whose share is smaller is sub-sampled by a per-epoch hash of the row id (a different
 subset each epoch, deterministic). Ray's `Dataset.mix` (present in the pinned Ray) then interleaves the sources
-by the same weights, so every part of the epoch has the mixture, not source after source.
+by the same weights, so every part of the epoch has the mixture, not source after source. Copies of a row
+leave the same read block one after the other: shuffle locally in the trainer
+(`iter_torch_batches(local_shuffle_buffer_size=...)`) so a batch does not hold one image several times.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from tcm.data.transforms import (
 )
 
 ROW_COLUMNS = ["id", "image", "polygons", "ignore"]  # all the pipeline reads of a unified row
-MAP_BATCH_SIZE = 4  # rows per map_batches call: 4 x (image + DB maps) at 640 ~ 60 MB, under Ray's 128 MB blocks
+MAP_BATCH_SIZE = 4  # rows per encode_batch call: a row is ~14 MB of float32 at 640 (image + DB maps)
 NUM_WORKERS = 2  # concurrent augmentation tasks: the 2-core CI machine; raise on a cluster
 
 
@@ -71,7 +74,9 @@ def manifest_shards(manifest_uri: str, split: str) -> Shards:
     manifest = read_manifest(manifest_uri)
     files = manifest.get("files", {})
     if split not in files:
-        raise ValueError(f"{manifest_uri}/manifest.json: no split {split!r} under 'files' (have {sorted(files)})")
+        raise ValueError(
+            f"{manifest_uri}/manifest.json: no split {split!r} under 'files' (have {sorted(files)})"
+        )
     if not files[split]:
         raise ValueError(f"{manifest_uri}/manifest.json: split {split!r} lists no shards (0 rows ingested?)")
     root = storage.resolve(manifest_uri)
@@ -140,7 +145,9 @@ def augment_row(
     except ValueError as err:
         raise ValueError(f"row {row_id!r}: {err}") from None
     rng = row_rng(seed, epoch, int(row.get("repeat") or 0), row_id)
-    image, polygons, ignore = random_augment(image, _polygons(row["polygons"]), list(row["ignore"] or []), rng, aug_cfg)
+    image, polygons, ignore = random_augment(
+        image, _polygons(row["polygons"]), list(row["ignore"] or []), rng, aug_cfg
+    )
     return colour_jitter(image, rng, aug_cfg), polygons, ignore
 
 
@@ -220,12 +227,22 @@ def eval_row(
 
 
 def encode_eval_batch(
-    batch: pa.Table | Mapping[str, Any], *, model_cfg: DetectorConfig, long_side: int, short_side: int, canvas: int
+    batch: pa.Table | Mapping[str, Any],
+    *,
+    model_cfg: DetectorConfig,
+    long_side: int,
+    short_side: int,
+    canvas: int,
 ) -> dict[str, np.ndarray]:
     cols = _columns(batch)
     rows = [
-        eval_row({k: v[i] for k, v in cols.items()}, model_cfg=model_cfg, long_side=long_side,
-                 short_side=short_side, canvas=canvas)
+        eval_row(
+            {k: v[i] for k, v in cols.items()},
+            model_cfg=model_cfg,
+            long_side=long_side,
+            short_side=short_side,
+            canvas=canvas,
+        )
         for i in range(len(cols["id"]))
     ]
     if not rows:
@@ -255,7 +272,11 @@ def _select(table: pa.Table, *, fraction: float, keeps: Sequence[float], seed: i
     subset = in_fraction(ids, fraction)
     parts = []
     for k, keep in enumerate(keeps):
-        mask = subset if keep >= 1.0 else subset & (id_unit(ids, f"mix/{seed}/{epoch + _pass_index()}/{k}") < keep)
+        mask = (
+            subset
+            if keep >= 1.0
+            else subset & (id_unit(ids, f"mix/{seed}/{epoch + _pass_index()}/{k}") < keep)
+        )
         part = table.filter(pa.array(mask))
         parts.append(part.append_column("repeat", pa.array(np.full(part.num_rows, k, dtype=np.int32))))
     return pa.concat_tables(parts)
@@ -292,7 +313,9 @@ def mixing_plan(counts: Sequence[int], weights: Sequence[float]) -> list[list[fl
     if len(counts) != len(weights) or not counts:
         raise ValueError(f"mixing: {len(counts)} sources but {len(weights)} weights")
     if any(w <= 0 for w in weights) or any(n <= 0 for n in counts):
-        raise ValueError(f"mixing: weights must be > 0 and sources non-empty (weights {weights}, rows {counts})")
+        raise ValueError(
+            f"mixing: weights must be > 0 and sources non-empty (weights {weights}, rows {counts})"
+        )
     total, wsum = sum(counts), sum(weights)
     plan = []
     for n, w in zip(counts, weights, strict=True):
@@ -349,7 +372,9 @@ def select_rows(
         return per_source[0]
     # keeps the ratio throughout the epoch; every row is produced (the plan already fixed the counts)
     return per_source[0].mix(
-        *per_source[1:], weights=weights, stopping_condition=ray.data.MixStoppingCondition.STOP_ON_LONGEST_DROP
+        *per_source[1:],
+        weights=weights,
+        stopping_condition=ray.data.MixStoppingCondition.STOP_ON_LONGEST_DROP,
     )
 
 
@@ -376,7 +401,13 @@ def train_dataset(
     check_sizes(model_cfg, aug_cfg)
     codec = build_codec(model_cfg.head)
     rows = select_rows(
-        sources, split, seed=seed, fraction=fraction, epoch=epoch, num_workers=num_workers, cpus_per_task=cpus_per_task
+        sources,
+        split,
+        seed=seed,
+        fraction=fraction,
+        epoch=epoch,
+        num_workers=num_workers,
+        cpus_per_task=cpus_per_task,
     )
     return rows.map_batches(
         _encode_batch_ray,
@@ -423,5 +454,10 @@ def eval_dataset(
         batch_format="pyarrow",
         compute=ray.data.TaskPoolStrategy(size=num_workers),
         num_cpus=cpus_per_task,
-        fn_kwargs={"model_cfg": model_cfg, "long_side": long_side, "short_side": short_side, "canvas": canvas},
+        fn_kwargs={
+            "model_cfg": model_cfg,
+            "long_side": long_side,
+            "short_side": short_side,
+            "canvas": canvas,
+        },
     )

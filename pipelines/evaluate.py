@@ -63,15 +63,34 @@ def _scales(batch: Mapping[str, Any], B: int) -> list[tuple[float, float]]:
 
 
 @torch.inference_mode()
-def decode_batch(model: torch.nn.Module, codec: Any, images: torch.Tensor, scales: Sequence[tuple[float, float]]) -> list[list[Detection]]:
-    """Run the network on (B, 3, H, W) normalised images and decode each image's maps to polygons."""
+def decode_batch(
+    model: torch.nn.Module,
+    codec: Any,
+    images: torch.Tensor,
+    scales: Sequence[tuple[float, float]],
+    sizes: Sequence[tuple[int, int]] | None = None,
+) -> list[list[Detection]]:
+    """Run the network on (B, 3, H, W) normalised images and decode each image's maps to polygons.
+
+    `sizes` (width, height) of the original images clip the polygons to them: the padded canvas beyond the
+    image scales to coordinates past its edge."""
     outputs = model(images)
     B = images.shape[0]
     per_image = []
     for i in range(B):
         maps = {k: v[i].float().cpu().numpy() for k, v in outputs.items()}  # one image, no batch dim
-        per_image.append(codec.decode(maps, scale=scales[i]))
+        dets = codec.decode(maps, scale=scales[i])
+        if sizes is not None:
+            W, H = sizes[i]
+            dets = [Detection(np.clip(d.points, 0, [W, H]), d.score) for d in dets]  # (P, 2) clipped
+        per_image.append(dets)
     return per_image
+
+
+def _sizes(batch: Mapping[str, Any], sel: Sequence[int]) -> list[tuple[int, int]] | None:
+    if "width" not in batch or "height" not in batch:
+        return None
+    return [(int(batch["width"][i]), int(batch["height"][i])) for i in sel]
 
 
 def predict_rows(
@@ -94,7 +113,7 @@ def predict_rows(
                 continue
             images = torch.from_numpy(np.stack([np.asarray(batch["image"][i], dtype=np.float32) for i in sel]))
             scales = _scales({"scale": np.asarray(batch["scale"])[sel]}, len(sel))
-            dets = decode_batch(model, codec, images.to(device), scales)
+            dets = decode_batch(model, codec, images.to(device), scales, _sizes(batch, sel))
             for j, i in enumerate(sel):
                 gt = gt_instances({"gt_polygons": batch["gt_polygons"][i], "gt_ignore": batch["gt_ignore"][i]})
                 rows.append(PredRow(ids[i], gt, dets[j]))
@@ -217,7 +236,7 @@ class Predictor:
         ids = [str(i) for i in batch["id"]]
         B = len(ids)
         images = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in batch["image"]]))  # (B, 3, H, W)
-        dets = decode_batch(self.model, self.codec, images.to(self.device), _scales(batch, B))
+        dets = decode_batch(self.model, self.codec, images.to(self.device), _scales(batch, B), _sizes(batch, range(B)))
         return {
             "id": np.asarray(ids, dtype=object),
             "gt_polygons": np.asarray(batch["gt_polygons"], dtype=object),

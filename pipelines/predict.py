@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import typer
 
@@ -48,9 +49,26 @@ def predict_images(
         H, W = image.shape[:2]
         resized, scale = resize_for_test(image, long_side, short_side)
         x = torch.from_numpy(normalize(resized, det.pixel_mean, det.pixel_std))[None]  # (1, 3, H', W')
-        dets = decode_batch(loaded.model, codec, x, [scale])[0]
+        dets = decode_batch(loaded.model, codec, x, [scale], [(W, H)])[0]
         out.append(ImagePrediction(str(path), W, H, [d for d in dets if d.score >= min_score]))
     return out
+
+
+def draw_detections(image_bgr: np.ndarray, dets: Sequence[Detection]) -> np.ndarray:
+    """A copy of the image with each detection outlined and its score written at its first corner.
+
+    No ground truth here, so no matched / missed colours (those are `tcm.visualize.draw_overlay`'s)."""
+    import cv2
+
+    canvas = image_bgr.copy()
+    thickness = max(1, round(max(canvas.shape[:2]) / 500))
+    for det in dets:
+        pts = np.round(det.points).astype(np.int32).reshape(-1, 1, 2)  # (P, 1, 2) as OpenCV wants
+        cv2.polylines(canvas, [pts], isClosed=True, color=(0, 200, 255), thickness=thickness)
+        x, y = pts[0, 0]
+        cv2.putText(canvas, f"{det.score:.2f}", (int(x), max(10, int(y) - 3)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.35 * thickness, (0, 200, 255), 1, cv2.LINE_AA)
+    return canvas
 
 
 def write_outputs(preds: Sequence[ImagePrediction], out: Path, overlays: bool = True) -> dict[str, str]:
@@ -59,7 +77,6 @@ def write_outputs(preds: Sequence[ImagePrediction], out: Path, overlays: bool = 
 
     from pipelines.score import submission_name, write_submission
     from tcm.data.transforms import decode_image
-    from tcm.visualize import draw_overlay
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "submission").mkdir(exist_ok=True)
@@ -79,7 +96,7 @@ def write_outputs(preds: Sequence[ImagePrediction], out: Path, overlays: bool = 
         )
         if overlays:
             (out / "overlays").mkdir(exist_ok=True)
-            canvas = draw_overlay(decode_image(Path(p.path).read_bytes()), [], p.detections)
+            canvas = draw_detections(decode_image(Path(p.path).read_bytes()), p.detections)
             cv2.imwrite(str(out / "overlays" / (Path(name).stem + ".png")), canvas)
     (out / "predictions.json").write_text(json.dumps(records, indent=2))
     return {"predictions": str(out / "predictions.json"), "submission": str(out / "submission")}

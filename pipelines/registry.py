@@ -12,6 +12,7 @@ Models are logged with `mlflow.pytorch.log_model` and carry the plain checkpoint
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -173,7 +174,7 @@ def log_model(
         extra = [str(folder / n) for n in (ckpt_io.MODEL_FILE, ckpt_io.CONFIG_FILE, ckpt_io.META_FILE)]
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
-                model.cpu().eval(),
+                copy.deepcopy(model).cpu().eval(),  # a copy: the caller's model stays on its device
                 name=name,
                 extra_files=extra,
                 # pickle: 'pt2' (torch.export, MLflow's default) needs an exportable graph and an input example;
@@ -213,7 +214,7 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
         with tempfile.TemporaryDirectory(prefix="tcm-model-") as tmp:
-            folder = _download_extra_files(uri, tmp)
+            folder = download_model_files(uri, tmp)
             if not folder.is_dir():
                 raise ckpt_io.CheckpointError(f"{uri}: not logged by tcm (no extra_files/ with the state dict)")
             ckpt = ckpt_io.read_checkpoint(folder, with_train_state=False)
@@ -224,7 +225,7 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
     return LoadedModel(model.eval(), ckpt.detector, ckpt.experiment)
 
 
-def _download_extra_files(uri: str, dst: str) -> Path:
+def download_model_files(uri: str, dst: str) -> Path:
     """The model's extra_files/ folder: fetched alone where the URI form allows, else with the whole model."""
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri.rstrip("/") + "/extra_files", dst_path=dst))

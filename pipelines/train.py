@@ -374,31 +374,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "val_precision": state.val.get("precision", 0.0),
             "val_recall": state.val.get("recall", 0.0),
         }
+        if epoch == E and logger is not None and cfg.mlflow.log_model:
+            # before the final report: a Tune scheduler may stop the trial as soon as it sees that report
+            meta = {"epoch": epoch, "global_step": state.global_step, "mlflow_run_id": config["mlflow_run_id"]}
+            registry.log_model(
+                config["tracking_uri"], config["mlflow_run_id"], model, det_cfg, meta=meta, experiment=config["cfg"]
+            )
         if epoch % cfg.train.checkpoint_every == 0 or epoch == E:
             _report_with_checkpoint(report, model, optimizer, scaler, cfg, config, state, rank)
         else:
             ray.train.report(report)
         if cfg.train.fail_after_epoch == epoch:
             raise InjectedFailure(f"train.fail_after_epoch={epoch}: injected failure after reporting epoch {epoch}")
-
-    if logger is not None and cfg.mlflow.log_model:
-        meta = {"epoch": state.epoch, "global_step": state.global_step, "mlflow_run_id": config["mlflow_run_id"]}
-        registry.log_model(
-            config["tracking_uri"], config["mlflow_run_id"], model, det_cfg, meta=meta, experiment=config["cfg"]
-        )
     _barrier(world)
 
 
 def _load_init(uri: str, tracking_uri: str | None):
     """A checkpoint to warm-start from: a checkpoint folder, or an MLflow model URI's state dict."""
-    from pipelines.checkpoint import load_checkpoint
+    from pipelines.checkpoint import load_checkpoint, read_checkpoint
 
     if uri.startswith(("models:/", "runs:/")):
-        with tempfile.TemporaryDirectory(prefix="tcm-init-") as tmp:
-            folder = registry._download_extra_files(uri, tmp)
-            from pipelines.checkpoint import read_checkpoint
+        if tracking_uri:
+            import mlflow
 
-            return read_checkpoint(folder, with_train_state=False)
+            mlflow.set_tracking_uri(tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="tcm-init-") as tmp:
+            return read_checkpoint(registry.download_model_files(uri, tmp), with_train_state=False)
     return load_checkpoint(uri)
 
 

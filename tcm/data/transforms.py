@@ -28,12 +28,16 @@ Polygons = list[np.ndarray]  # N polygons, each (P, 2) float64 x, y
 class AugmentConfig:
     """The paper's training augmentation (DBNet official / TCM `train_pipeline_r50dcnv2`)."""
 
-    crop_size: int = 640  # EastRandomCrop / RandomCropData 640x640 (DB, TCM); must match the model's input_size
+    crop_size: int = (
+        640  # EastRandomCrop / RandomCropData 640x640 (DB, TCM); must match the model's input_size
+    )
     flip_prob: float = 0.5  # imgaug Fliplr(0.5)
     max_rotate_deg: float = 10.0  # imgaug Affine(rotate=U[-10, 10])
     scale_range: tuple[float, float] = (0.5, 3.0)  # imgaug Resize(U[0.5, 3.0]), one factor for both axes
     min_crop_side_ratio: float = 0.1  # RandomCropData: crop side >= 0.1 x image side
-    max_tries: int = 10  # RandomCropData tries before falling back to the whole image (DB; PaddleOCR IC15 uses 50)
+    max_tries: int = (
+        10  # RandomCropData tries before falling back to the whole image (DB; PaddleOCR IC15 uses 50)
+    )
     brightness: float = 32 / 255  # ColorJitter(brightness=32/255): factor U[1 - b, 1 + b] (mmocr / TCM)
     saturation: float = 0.5  # ColorJitter(saturation=0.5): factor U[0.5, 1.5]
 
@@ -178,7 +182,12 @@ def random_crop_area(
         if x_hi - x_lo < cfg.min_crop_side_ratio * width or y_hi - y_lo < cfg.min_crop_side_ratio * height:
             continue
         # the crop holds pixels x_lo .. x_hi - 1 (x_hi is free, so nothing care ends beyond it)
-        inside = (boxes[:, 2] >= x_lo) & (boxes[:, 0] <= x_hi - 1) & (boxes[:, 3] >= y_lo) & (boxes[:, 1] <= y_hi - 1)
+        inside = (
+            (boxes[:, 2] >= x_lo)
+            & (boxes[:, 0] <= x_hi - 1)
+            & (boxes[:, 3] >= y_lo)
+            & (boxes[:, 1] <= y_hi - 1)
+        )
         if inside.any():
             return x_lo, y_lo, x_hi - x_lo, y_hi - y_lo
     return 0, 0, width, height
@@ -232,7 +241,12 @@ def _warp(image: np.ndarray, matrix: np.ndarray, out_w: int, out_h: int) -> np.n
         matrix = matrix @ _scale(2.0, 2.0)
         zoom *= 2.0
     return cv2.warpAffine(
-        image, matrix[:2], (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        image,
+        matrix[:2],
+        (out_w, out_h),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
     )
 
 
@@ -251,7 +265,12 @@ class AugmentPlan:
 
 
 def sample_plan(
-    width: int, height: int, polygons: Polygons, ignore: list[bool], rng: np.random.Generator, cfg: AugmentConfig
+    width: int,
+    height: int,
+    polygons: Polygons,
+    ignore: list[bool],
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
 ) -> AugmentPlan:
     """Draw flip, rotation, scale and crop (in that order, as imgaug then RandomCropData) for one image."""
     matrix = np.eye(3)
@@ -322,7 +341,11 @@ def colour_jitter(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfi
 
 def normalize(
     image_bgr: np.ndarray,
-    mean: tuple[float, float, float] = (122.67891434, 116.66876762, 104.00698793),  # DetectorConfig.pixel_mean
+    mean: tuple[float, float, float] = (
+        122.67891434,
+        116.66876762,
+        104.00698793,
+    ),  # DetectorConfig.pixel_mean
     std: tuple[float, float, float] = (58.395, 57.12, 57.375),  # DetectorConfig.pixel_std (mmocr, RGB)
 ) -> np.ndarray:
     """(H, W, 3) uint8 BGR -> (3, H, W) float32 RGB, (x - mean) / std per channel."""

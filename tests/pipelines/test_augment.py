@@ -45,7 +45,9 @@ def local_ray():
     ray.shutdown()
 
 
-def _row(dataset: str, split: str, k: int, image: bytes, polygons: list[list[float]], ignore: list[bool]) -> dict:
+def _row(
+    dataset: str, split: str, k: int, image: bytes, polygons: list[list[float]], ignore: list[bool]
+) -> dict:
     return {
         "id": f"{dataset}/{split}/{k}",
         "dataset": dataset,
@@ -60,7 +62,9 @@ def _row(dataset: str, split: str, k: int, image: bytes, polygons: list[list[flo
     }
 
 
-def write_shards(root: Path, dataset: str, n: int, split: str = "train", rows_per_shard: int = 8, images: bool = True) -> str:
+def write_shards(
+    root: Path, dataset: str, n: int, split: str = "train", rows_per_shard: int = 8, images: bool = True
+) -> str:
     """Unified rows as Parquet shards + manifest.json (the layout ingest writes). images=False: 1-byte stand-ins
     (for tests that never decode)."""
     rows = []
@@ -123,7 +127,9 @@ def _local_digests(synth: str, model: DetectorConfig, seed: int, epoch: int) -> 
     """encode_batch run by hand over every listed shard (what a torch DataLoader worker would do)."""
     manifest = json.loads(Path(synth, "manifest.json").read_text())
     table = pa.concat_tables(pq.read_table(Path(synth, rel)) for rel in manifest["files"]["train"])
-    out = encode_batch(table, codec=build_codec(model.head), model_cfg=model, aug_cfg=AUG, seed=seed, epoch=epoch)
+    out = encode_batch(
+        table, codec=build_codec(model.head), model_cfg=model, aug_cfg=AUG, seed=seed, epoch=epoch
+    )
     return sorted(hashlib.sha256(img.tobytes()).hexdigest() for img in out["image"]), out
 
 
@@ -131,7 +137,9 @@ def test_passes_are_epochs_reproducible_and_equal_to_the_plain_function(synth):
     run = train_dataset([(synth, 1.0)], "train", MODEL, AUG, seed=1)
     first, second = _digests(run), _digests(run)
     assert second != first  # the second pass over a Dataset is epoch 1: new augmentation
-    assert _digests(train_dataset([(synth, 1.0)], "train", MODEL, AUG, seed=1)) == first  # a new run: same epoch 0
+    assert (
+        _digests(train_dataset([(synth, 1.0)], "train", MODEL, AUG, seed=1)) == first
+    )  # a new run: same epoch 0
     # a run resumed at epoch 1 draws exactly what the uninterrupted run drew in its second pass
     assert _digests(train_dataset([(synth, 1.0)], "train", MODEL, AUG, seed=1, epoch=1)) == second
     # the plain function gives the same images as Ray Data; another seed gives others
@@ -187,7 +195,9 @@ def test_mixing_weights_set_the_proportions(tmp_path):
 def test_only_manifest_listed_shards_are_read(tmp_path):
     src = write_shards(tmp_path, "m", 20, rows_per_shard=10, images=False)
     stray = [_row("m", "train", 999, b"x", [], [])]
-    pq.write_table(pa.Table.from_pylist(stray), tmp_path / "train" / "part-99999.parquet")  # not in the manifest
+    pq.write_table(
+        pa.Table.from_pylist(stray), tmp_path / "train" / "part-99999.parquet"
+    )  # not in the manifest
     ids = _ids(select_rows([(src, 1.0)], "train", seed=0, columns=["id"]))
     assert len(ids) == 20 and "m/train/999" not in ids
 
