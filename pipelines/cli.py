@@ -81,6 +81,7 @@ def ingest(
 
 from pipelines.check_targets import check_targets_command  # noqa: E402  (commands register below the app)
 from pipelines.export import export_command  # noqa: E402
+from pipelines.retrain import retrain_command  # noqa: E402
 from pipelines.score import score_command  # noqa: E402
 from pipelines.submit import submit_command  # noqa: E402
 
@@ -88,6 +89,7 @@ app.command("check-targets")(check_targets_command)
 app.command("score")(score_command)
 app.command("export")(export_command)
 app.command("submit")(submit_command)
+app.command("retrain")(retrain_command)
 
 
 def main() -> None:  # pragma: no cover - console entry

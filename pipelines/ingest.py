@@ -200,6 +200,7 @@ def ingest(
     rows_per_shard: int = ROWS_PER_SHARD,
     progress=print,
     limits: Limits | None = None,
+    only: set[str] | None = None,
 ) -> dict:
     """Ingest one split of one dataset into DST and update DST/manifest.json. Returns the manifest."""
     get_format(fmt_name)  # unknown format -> clear error before any I/O
@@ -210,6 +211,8 @@ def ingest(
     try:
         src = open_source(src_uris, limits)
         files = src.list()
+        if only is not None:  # a delta: just these files (retraining ingests only what is new)
+            files = [f for f in files if f in only]
         dst = storage.resolve(dst_uri)
         storage.check_writable(dst)
     except storage.StorageError as err:

@@ -134,6 +134,11 @@ def exists(loc: Location) -> bool:
 
 def list_files(loc: Location) -> list[str]:
     """All files below a folder (recursive), as paths relative to it, sorted. Missing folder -> StorageError."""
+    return sorted(file_stats(loc))
+
+
+def file_stats(loc: Location) -> dict[str, tuple[int, int]]:
+    """{relative path: (size, mtime in ns)} for every file below a folder: what changed since a listing."""
     info = _info(loc)
     if info.type == pafs.FileType.NotFound:
         raise StorageError(f"{loc.uri}: not found")
@@ -144,7 +149,11 @@ def list_files(loc: Location) -> list[str]:
     except OSError as err:
         raise StorageError(f"{loc.uri}: cannot list ({_first_line(err)})") from None
     prefix = loc.path.rstrip("/") + "/"
-    return sorted(i.path[len(prefix):] for i in infos if i.type == pafs.FileType.File)
+    return {
+        i.path[len(prefix):]: (int(i.size or 0), int(i.mtime_ns or 0))
+        for i in infos
+        if i.type == pafs.FileType.File
+    }
 
 
 def read_bytes(loc: Location) -> bytes:
