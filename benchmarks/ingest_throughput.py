@@ -98,7 +98,9 @@ def make_data(workdir: Path, small: int, large: int) -> tuple[Path, Path]:
         with Pool(WORKERS) as pool:
             files = pool.map(_shard, jobs)
         _manifest(big, files, large)
-        print(f"rendered {large} images {IMAGE_W}x{IMAGE_H} in {time.perf_counter() - started:.0f} s -> {big}")
+        print(
+            f"rendered {large} images {IMAGE_W}x{IMAGE_H} in {time.perf_counter() - started:.0f} s -> {big}"
+        )
     if not (little / "manifest.json").exists():
         (little / "train").mkdir(parents=True, exist_ok=True)
         files = [f"train/part-{i:05d}.parquet" for i in range(small // ROWS_PER_SHARD)]
@@ -113,7 +115,9 @@ def make_data(workdir: Path, small: int, large: int) -> tuple[Path, Path]:
 
 def ray_epoch(data: Path, model: DetectorConfig, aug: AugmentConfig) -> tuple[int, float, float]:
     """One epoch through Ray Data as a trainer reads it. Returns (images, seconds, seconds to the first batch)."""
-    ds = train_dataset([(str(data), 1.0)], "train", model, aug, seed=SEED, batch_size=BATCH, num_workers=WORKERS)
+    ds = train_dataset(
+        [(str(data), 1.0)], "train", model, aug, seed=SEED, batch_size=BATCH, num_workers=WORKERS
+    )
     started = time.perf_counter()
     first, n = None, 0
     for batch in ds.iter_torch_batches(batch_size=BATCH):
@@ -140,7 +144,12 @@ def loader_epoch(data: Path, model: DetectorConfig, aug: AugmentConfig) -> tuple
             for path in paths[wid::nw]:  # shards split between workers, as Ray splits them between tasks
                 for rb in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=ROW_COLUMNS):
                     out = encode_batch(
-                        pa.Table.from_batches([rb]), codec=codec, model_cfg=model, aug_cfg=aug, seed=SEED, epoch=0
+                        pa.Table.from_batches([rb]),
+                        codec=codec,
+                        model_cfg=model,
+                        aug_cfg=aug,
+                        seed=SEED,
+                        epoch=0,
                     )
                     yield {k: torch.from_numpy(v) for k, v in out.items()}
 
@@ -205,17 +214,18 @@ def _pss_bytes(pids: set[int]) -> int:
 
 
 class PeakSampler(threading.Thread):
-    """Samples the PSS sum of this process tree every `period` seconds; `peak` is the largest seen."""
+    """Samples the PSS sum of this process tree every `period` seconds, with the number of images consumed so
+    far (`progress[0]`, updated by the consumer)."""
 
-    def __init__(self, period: float = 0.2):
+    def __init__(self, progress: list[int], period: float = 0.2):
         super().__init__(daemon=True)
-        self.period, self.peak, self.samples = period, 0, 0
+        self.period, self.progress = period, progress
+        self.samples: list[tuple[int, int]] = []  # (images consumed, bytes)
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.peak = max(self.peak, _pss_bytes(_tree(os.getpid())))
-            self.samples += 1
+            self.samples.append((self.progress[0], _pss_bytes(_tree(os.getpid()))))
             self._halt.wait(self.period)
 
     def stop(self) -> None:
@@ -223,26 +233,55 @@ class PeakSampler(threading.Thread):
         self.join()
 
 
-def memory_child(data: Path, crop: int) -> None:
-    """Run in a fresh process: one epoch through Ray Data, print peak memory as JSON on the last line."""
+def memory_child(data: Path, crop: int, budget_gib: float | None) -> None:
+    """Run in a fresh process: one epoch through Ray Data, print memory figures as JSON on the last line.
+
+    `budget_gib`: the object store memory Ray Data may use for this pipeline (None = Ray's default, a share of
+    the whole object store), set as a trainer would through `ExecutionOptions.resource_limits`."""
     import ray
 
     ray.init(address="local", num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    if budget_gib is not None:
+        ctx.execution_options.resource_limits = ray.data.ExecutionResources(
+            object_store_memory=budget_gib * 2**30
+        )
     model = DetectorConfig(input_size=crop)
     aug = AugmentConfig(crop_size=crop)
     time.sleep(2.0)  # let Ray's own processes settle
     idle = _pss_bytes(_tree(os.getpid()))
-    sampler = PeakSampler()
+    progress = [0]
+    sampler = PeakSampler(progress)
     sampler.start()
-    n, seconds, _ = ray_epoch(data, model, aug)
+    ds = train_dataset(
+        [(str(data), 1.0)], "train", model, aug, seed=SEED, batch_size=BATCH, num_workers=WORKERS
+    )
+    started = time.perf_counter()
+    for batch in ds.iter_torch_batches(batch_size=BATCH):
+        progress[0] += len(batch["image"])
+    seconds = time.perf_counter() - started
     sampler.stop()
     ray.shutdown()
-    print(json.dumps({"images": n, "seconds": seconds, "idle": idle, "peak": sampler.peak, "samples": sampler.samples}))
+    # peak by thousands of images consumed: flat streaming memory plateaus after the first blocks
+    by_k = {}
+    for n, used in sampler.samples:
+        by_k[n // 1000] = max(by_k.get(n // 1000, 0), used)
+    result = {
+        "images": progress[0],
+        "seconds": seconds,
+        "idle": idle,
+        "peak": max(used for _, used in sampler.samples),
+        "peak_by_thousand": [by_k[k] for k in sorted(by_k)],
+        "samples": len(sampler.samples),
+    }
+    print(json.dumps(result))
 
 
-def measure_memory(data: Path, crop: int) -> dict:
+def measure_memory(data: Path, crop: int, budget_gib: float | None) -> dict:
     cmd = [sys.executable, __file__, "--memory-child", str(data), "--crop", str(crop)]
+    if budget_gib is not None:
+        cmd += ["--budget-gib", str(budget_gib)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"memory run on {data} failed:\n{done.stderr[-3000:]}")
@@ -265,13 +304,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--large", type=int, default=5000)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating Ray / DataLoader epochs over --small")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating Ray / DataLoader epochs over --small"
+    )
     parser.add_argument("--crop", type=int, default=640, help="training crop = model input (paper: 640)")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tcm-ingest-bench")
+    parser.add_argument(
+        "--budget-gib",
+        type=float,
+        default=1.0,
+        help="object store budget of the pipeline for the second memory measurement (the first uses Ray's default)",
+    )
     parser.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        memory_child(args.memory_child, args.crop)
+        memory_child(args.memory_child, args.crop, args.budget_gib if "--budget-gib" in sys.argv else None)
         return
 
     import ray
@@ -283,7 +330,9 @@ def main() -> None:
     ray.init(address="local", num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     warm = warm_up(small, model, aug)
-    print(f"Ray workers warmed in {warm:.1f} s (one-off per Ray session: importing ray.data and the pipeline)")
+    print(
+        f"Ray workers warmed in {warm:.1f} s (one-off per Ray session: importing ray.data and the pipeline)"
+    )
     rounds = []
     for r in range(args.rounds):
         order = [("ray", ray_epoch), ("loader", loader_epoch)]
@@ -293,21 +342,30 @@ def main() -> None:
             if n != args.small:
                 raise SystemExit(f"{name} produced {n} images, expected {args.small}")
             results[name] = (n / seconds, n / max(seconds - first, 1e-9), first)
-            print(f"round {r}: {name:6s} {n / seconds:6.1f} img/s ({seconds:.1f} s, first batch after {first:.1f} s)")
+            print(
+                f"round {r}: {name:6s} {n / seconds:6.1f} img/s ({seconds:.1f} s, first batch after {first:.1f} s)"
+            )
         rounds.append(results)
     ray.shutdown()
 
-    mem_small = measure_memory(small, args.crop)
-    print(f"memory {args.small}: {mem_small}")
-    mem_large = measure_memory(large, args.crop)
-    print(f"memory {args.large}: {mem_large}")
+    memory = {}  # (budget, images) -> figures
+    for budget in (None, args.budget_gib):
+        for data, n in ((small, args.small), (large, args.large)):
+            memory[budget, n] = measure_memory(data, args.crop, budget)
+            print(f"memory, budget {budget} GiB, {n} images: {memory[budget, n]}")
 
     ratios = [r["ray"][0] / r["loader"][0] for r in rounds]
     steady = [r["ray"][1] / r["loader"][1] for r in rounds]
     ratio, steady_ratio = statistics.median(ratios), statistics.median(steady)
-    growth = mem_large["peak"] / mem_small["peak"] - 1
+    growth = {
+        b: memory[b, args.large]["peak"] / memory[b, args.small]["peak"] - 1 for b in (None, args.budget_gib)
+    }
     gib = 2.0**30
     per_image = args.crop * args.crop * 4 * (3 + 6)  # float32 image + the 6 DB maps
+
+    def budget_name(b: float | None) -> str:
+        return "Ray default" if b is None else f"{b:g} GiB"
+
     lines = [
         "## Ingest throughput",
         "",
@@ -334,19 +392,24 @@ def main() -> None:
         f" batch, i.e. without start-up). First batch after {statistics.median(r['ray'][2] for r in rounds):.1f} s"
         f" (Ray) / {statistics.median(r['loader'][2] for r in rounds):.1f} s (DataLoader).",
         "",
-        "Memory: one epoch streamed through Ray Data in a fresh process per size. Peak = highest sum of PSS"
-        " (/proc/<pid>/smaps_rollup, sampled every 0.2 s) over the driver and every process below it (GCS, raylet"
-        " with the object store's shared memory, agents, workers); PSS counts each shared page once.",
+        "Memory: one epoch streamed through Ray Data in a fresh process per run. Peak = highest sum of PSS"
+        " (/proc/<pid>/smaps_rollup, sampled every 0.2 s) over the driver and every process below it (GCS, raylet,"
+        " agents, workers, including the object store's shared memory as mapped by them); PSS counts each shared"
+        f" page once. Runs with Ray Data's default object-store budget and with a {args.budget_gib:g} GiB budget"
+        " (`DataContext.execution_options.resource_limits.object_store_memory`, what a trainer sets through"
+        " `ray.train.DataConfig(execution_options=...)`).",
         "",
-        "| images | epoch s | idle GiB (Ray started) | peak GiB | tensors streamed GiB |",
-        "|---|---|---|---|---|",
+        "| object-store budget | images | epoch s | idle GiB | peak GiB | peak per 1 000 images consumed, GiB |"
+        " tensors streamed GiB |",
+        "|---|---|---|---|---|---|---|",
         *[
-            f"| {m['images']} | {m['seconds']:.0f} | {m['idle'] / gib:.2f} | {m['peak'] / gib:.2f}"
-            f" | {m['images'] * per_image / gib:.0f} |"
-            for m in (mem_small, mem_large)
+            f"| {budget_name(b)} | {m['images']} | {m['seconds']:.0f} | {m['idle'] / gib:.2f} | {m['peak'] / gib:.2f}"
+            f" | {' / '.join(f'{v / gib:.2f}' for v in m['peak_by_thousand'])} | {m['images'] * per_image / gib:.0f} |"
+            for (b, _), m in memory.items()
         ],
         "",
-        f"**Peak memory growth {args.small} -> {args.large} images: {growth * 100:+.1f} %** (target <= 20 %).",
+        f"**Peak memory growth {args.small} -> {args.large} images: {growth[None] * 100:+.1f} % with Ray's default"
+        f" budget, {growth[args.budget_gib] * 100:+.1f} % with a {args.budget_gib:g} GiB budget** (target <= 20 %).",
         "",
         f"Command: `python benchmarks/ingest_throughput.py --small {args.small} --large {args.large}"
         f" --rounds {args.rounds} --crop {args.crop}`. Machine: {os.cpu_count()} CPUs (nproc), load average"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -68,10 +69,15 @@ def submit_command(
     working_dir: str = typer.Option(".", "--working-dir", help="Folder uploaded as the job's working_dir."),
     submission_id: str = typer.Option(None, "--submission-id", help="Stable id: re-submitting resumes the same run."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Return once submitted instead of streaming the logs."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="key.sub=value override passed on to the job's config (repeatable)."
+    ),
 ) -> None:
     """Submit a job to a Ray cluster through the Job Submission API, stream its logs, exit with its status."""
     try:
-        code = submit(address, job, config, working_dir, wait=not no_wait, submission_id=submission_id, echo=typer.echo)
+        extra = [arg for item in set_ for arg in ("--set", shlex.quote(item))]
+        code = submit(address, job, config, working_dir, wait=not no_wait, submission_id=submission_id,
+                      extra=extra, echo=typer.echo)  # fmt: skip
     except (ValueError, FileNotFoundError, ConnectionError, RuntimeError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
