@@ -35,7 +35,15 @@ from pydantic import Field, ValidationError, model_validator
 
 from pipelines import registry
 from pipelines.config import ConfigError, DatasetRef, ExperimentConfig, load_config
-from pipelines.workflow import Strict, WorkflowMlflow, describe_error, interpolate, load_yaml, parse_set, set_path
+from pipelines.workflow import (
+    Strict,
+    WorkflowMlflow,
+    describe_error,
+    interpolate,
+    load_yaml,
+    parse_set,
+    set_path,
+)
 
 ARTIFACT_DIR = "cross_eval"
 

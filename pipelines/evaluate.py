@@ -226,7 +226,6 @@ class Predictor:
     def __init__(self, model_uri: str, tracking_uri: str | None, use_gpu: bool):
         from tcm.build import build_codec
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         loaded = registry.load_model(model_uri, tracking_uri)
         self.model = loaded.model.to(self.device).eval()

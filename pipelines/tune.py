@@ -103,10 +103,11 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from pipelines.train import check_storage, data_hashes, resolve_storage
+    from pipelines.train import check_storage, data_hashes, resolve_storage, with_absolute_paths
 
     if not ray.is_initialized():
         ray.init()
+    cfg = with_absolute_paths(cfg)
     if not cfg.data.val:
         raise ConfigError("data.val: a sweep ranks trials by validation hmean; configure a validation set")
     sweep_name = f"{cfg.name}-sweep"

@@ -552,9 +552,23 @@ def _evaluate(stage: EvaluateStage, ctx: Context) -> dict[str, Any]:
 
 
 def _register(stage: RegisterStage, ctx: Context) -> dict[str, Any]:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
     model_uri = ctx.model_of(stage.from_)
-    tags = {"workflow": ctx.wf.name, "workflow_run_id": ctx.parent_run_id, "stage": stage.from_}
-    version = registry.register_model(ctx.tracking_uri, model_uri, stage.registered_model, stage.alias, tags)
+    tags = {"workflow": ctx.wf.name, "workflow_run_id": ctx.parent_run_id, "stage": stage.from_, "model_uri": model_uri}
+    client = MlflowClient(ctx.tracking_uri)
+    try:  # registered by an attempt that died before its record was written: reuse that version
+        versions = client.search_model_versions(f"name = '{stage.registered_model}'")
+    except MlflowException:
+        versions = []
+    same = [v for v in versions if all(v.tags.get(k) == str(t) for k, t in tags.items())]
+    if same:
+        version = str(max(int(v.version) for v in same))
+        client.set_registered_model_alias(stage.registered_model, stage.alias, version)
+        ctx.echo(f"stage {stage.name}: {stage.registered_model} version {version} already holds this model")
+    else:
+        version = registry.register_model(ctx.tracking_uri, model_uri, stage.registered_model, stage.alias, tags)
     return {"model_uri": model_uri, "registered_model": stage.registered_model, "version": version, "alias": stage.alias}
 
 

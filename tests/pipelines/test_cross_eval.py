@@ -1,0 +1,166 @@
+"""Cross-dataset evaluation: config checks, and a 2 x 2 hmean matrix logged to MLflow (table + heatmap PNG).
+
+The two models are tiny TCM-DB checkpoints whose probability branch is biased to say "text" everywhere (`hot`)
+or nowhere (`cold`); the two eval sets are synthetic IC15-format images (`synth`, small words) and images whose
+only ground-truth box covers the whole image (`full`). So only (hot, full) scores high: a matrix with rows or
+columns swapped, or labels attached to the wrong cells, reads differently.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import typer
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from pipelines.config import ConfigError, DatasetRef, load_config
+from pipelines.cross_eval import cross_eval_command, format_matrix, load_cross_eval
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "jobs" / "configs" / "tiny_cpu.yaml"
+
+
+def test_config_errors_and_set(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """\
+            models:
+              - {label: a, uri: /m/a}
+              - {label: a, uri: /m/b}
+            datasets:
+              - {label: d, uri: /d, splitt: test}
+            """
+        )
+    )
+    with pytest.raises(ConfigError) as err:
+        load_cross_eval(path)
+    assert f"{path}:5: datasets[0].splitt: unknown key" in str(err.value)
+    with pytest.raises(ConfigError, match=r"models: labels must be unique \(repeated: a\)"):
+        load_cross_eval(path, ["datasets.0={label: d, uri: /d}"])
+    cfg = load_cross_eval(path, ["datasets.0={label: d, uri: /d}", "models.1.label=b", "set.eval.protocol=deteval"])
+    assert [m.label for m in cfg.models] == ["a", "b"] and cfg.datasets[0].split == "test"
+    assert cfg.set == {"eval.protocol": "deteval"}
+
+
+def test_example_yaml_reads_the_working_folder_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TCM_WORK", str(tmp_path))
+    cfg = load_cross_eval(REPO / "jobs" / "pipelines" / "cross_eval_demo.yaml")
+    assert [(d.uri, d.split) for d in cfg.datasets] == [(f"{tmp_path}/data", "test"), (f"{tmp_path}/data", "train")]
+    assert cfg.models[0].uri == "models:/tcm-demo-tiny@champion"
+
+
+def test_printed_table_keeps_rows_and_columns():
+    text = format_matrix(["ic15", "td500"], ["ctw", "tt"], [[0.5, 0.25], [0.125, 1.0]])
+    lines = text.splitlines()
+    assert lines[0].split()[-2:] == ["ctw", "tt"]
+    assert lines[1].split() == ["ic15", "0.5000", "0.2500"] and lines[2].split() == ["td500", "0.1250", "1.0000"]
+
+
+# ------------------------------------------------------------------------------------------------ the matrix
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, ray_local) -> dict[str, str]:
+    """Two checkpoints (hot, cold) and two ingested eval sets (synth, full)."""
+    import ray
+
+    from pipelines.checkpoint import save_checkpoint
+    from pipelines.ingest import ingest
+    from tcm.build import build_detector
+    from tcm.data.formats import get_format
+    from tcm.data.synth import write_dataset
+    from tcm.types import Instance
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    root = tmp_path_factory.mktemp("cross")
+    cfg = load_config(TINY)
+    out: dict[str, str] = {}
+    for label, bias in (("hot", 20.0), ("cold", -20.0)):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_detector(cfg.detector(), pretrained=False)
+        with torch.no_grad():
+            model.head.prob[-1].bias.fill_(bias)  # logits of P: sigmoid(+20) = 1 everywhere, sigmoid(-20) = 0
+        save_checkpoint(root / label, model, cfg.detector(), meta={"epoch": 0}, experiment=cfg.model_dump(mode="json"))
+        out[label] = str(root / label)
+
+    write_dataset("icdar2015", root / "raw-synth", n=2, seed=1, split="test", height=128, width=128)
+    form = get_format("icdar2015")
+    full = root / "raw-full" / "test"
+    (full / "images").mkdir(parents=True)
+    (full / "annotations").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    whole = np.array([[2, 2], [125, 2], [125, 125], [2, 125]], dtype=np.float64)  # (4, 2): the whole 128 px image
+    for k in (1, 2):
+        name = form.image_name(str(k), ".jpg")
+        cv2.imwrite(str(full / "images" / name), rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
+        (full / "annotations" / form.annotation_name(name)).write_bytes(form.write([Instance(whole, text="x")]))
+    for label in ("synth", "full"):
+        ingest("icdar2015", str(root / f"raw-{label}" / "test"), str(root / label), "test", progress=lambda _m: None)
+        out[label] = str(root / label)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_matrix_matches_run_evaluation_and_is_logged_with_a_heatmap(tmp_path, world):
+    from pipelines.evaluate import run_evaluation
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = tmp_path / "cross.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "hot-cold",
+        "mlflow": {"tracking_uri": db, "experiment": "cross", "artifact_location": (tmp_path / "artifacts").as_uri()},
+        "num_overlays": 0,
+        "models": [{"label": "hot", "uri": world["hot"]}, {"label": "cold", "uri": world["cold"]}],
+        "datasets": [{"label": "synth", "uri": world["synth"]}, {"label": "full", "uri": world["full"]}],
+    }))  # fmt: skip
+    app = typer.Typer()
+    app.command()(cross_eval_command)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(app, ["--config", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.output[result.output.index("{") :])
+    assert outcome["rows"] == ["hot", "cold"] and outcome["cols"] == ["synth", "full"]
+    hmean = np.array(outcome["hmean"])
+    assert hmean.shape == (2, 2)
+    assert format_matrix(outcome["rows"], outcome["cols"], outcome["hmean"]) in result.output
+
+    def direct(model: str, data: str) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = DatasetRef(uri=world[data], split="test")
+            return run_evaluation(world[model], [ref], None, tracking_uri=db, num_overlays=0, log_to_mlflow=False).metrics["hmean"]
+
+    assert hmean[0, 1] == direct("hot", "full")
+    others = [hmean[0, 0], hmean[1, 0], hmean[1, 1]]
+    assert hmean[0, 1] > 0.5 and max(others) < hmean[0, 1]  # only (hot, full) scores: a swap would show
+
+    client = MlflowClient(db)
+    run = client.get_run(outcome["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "hot-cold"
+    assert run.data.metrics["hmean/hot/full"] == hmean[0, 1]
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "cross_eval")}
+    assert {"cross_eval/hmean_heatmap.png", "cross_eval/hmean.json", "cross_eval/hmean.csv"} <= logged
+    png = Path(client.download_artifacts(run.info.run_id, "cross_eval/hmean_heatmap.png", str(tmp_path)))
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "cross_eval/hmean.json", str(tmp_path))).read_text())
+    assert table["columns"] == ["model", "synth", "full"]  # mlflow.log_table's split layout: columns + data rows
+    assert table["data"] == [["hot", *hmean[0]], ["cold", *hmean[1]]]
+    exp = client.get_experiment_by_name("cross")
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert sorted(c.info.run_id for c in children) == sorted(c["eval_run_id"] for c in outcome["cells"])
+    assert len(children) == 4
