@@ -80,16 +80,22 @@ def ingest(
 
 
 from pipelines.check_targets import check_targets_command  # noqa: E402  (commands register below the app)
+from pipelines.cross_eval import cross_eval_command  # noqa: E402
 from pipelines.export import export_command  # noqa: E402
 from pipelines.retrain import retrain_command  # noqa: E402
 from pipelines.score import score_command  # noqa: E402
 from pipelines.submit import submit_command  # noqa: E402
+from pipelines.workflow import pipeline_run_command  # noqa: E402
 
 app.command("check-targets")(check_targets_command)
 app.command("score")(score_command)
 app.command("export")(export_command)
 app.command("submit")(submit_command)
 app.command("retrain")(retrain_command)
+app.command("cross-eval")(cross_eval_command)
+pipeline_app = typer.Typer(help="Workflows: the stages of a YAML run as one Ray job, resumable stage by stage.")
+pipeline_app.command("run")(pipeline_run_command)
+app.add_typer(pipeline_app, name="pipeline")
 
 
 def main() -> None:  # pragma: no cover - console entry

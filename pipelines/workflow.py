@@ -346,6 +346,8 @@ def describe_error(
             message = err["msg"].removeprefix("Value error, ")
         case _:
             message = f"{err['msg']} (got {str(err.get('input'))[:60]!r})"
+    if not path and (m := re.match(r"(stages)\[(\d+)\]", message)):  # a check across stages names its stage
+        path = [m.group(1), m.group(2)]
     keys = [tuple(path[:i]) for i in range(len(path), 0, -1)]
     where = next((origin[k] for k in keys if k in origin), None)
     if where is None:

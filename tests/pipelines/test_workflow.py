@@ -105,7 +105,7 @@ def test_schema_errors_name_the_stage_and_line(tmp_path):
     assert f"{path}:10: stages[data].shards: unknown key" in str(err.value)
 
     path.write_text(path.read_text().replace("    shards: 3\n", ""))
-    with pytest.raises(ConfigError, match=r"from: 'data' must name an earlier train or tune stage"):
+    with pytest.raises(ConfigError, match=r"wf.yaml:10: stages\[1\] \(eval\): from: 'data' must name an earlier train or tune"):
         load_workflow(path)  # an ingest stage has no model
     with pytest.raises(ConfigError, match=r"'nope' is neither a top-level key .* nor a stage \(stages: data, eval\)"):
         load_workflow(path, ["nope.x=1"])
@@ -194,6 +194,7 @@ def test_three_stage_workflow_resumes_at_evaluate_under_one_parent_run(tmp_path,
                 "train.num_workers": 1, "train.num_overlays": 0}},
             {"name": "evaluate", "kind": "evaluate", "from": "train",
              "data": [{"uri": "${work}/no-such-data", "split": "train"}]},
+            {"name": "register", "kind": "register", "from": "train", "registered_model": "tiny3", "alias": "best"},
         ],
     })  # fmt: skip
 
@@ -213,7 +214,7 @@ def test_three_stage_workflow_resumes_at_evaluate_under_one_parent_run(tmp_path,
         second = cli("--config", str(path), "--set", f"evaluate.data=[{{uri: '{data}', split: train}}]")
     assert second.exit_code == 0, second.output
     assert "skipping ingest: done at" in second.output and "skipping train: done at" in second.output
-    assert count_stages == Counter({"ingest": 1, "train": 1, "evaluate": 2})
+    assert count_stages == Counter({"ingest": 1, "train": 1, "evaluate": 2, "register": 1})
     assert record(storage, "tiny3", "ingest") == ingested and record(storage, "tiny3", "train") == trained
     evaluated = record(storage, "tiny3", "evaluate")
     assert evaluated["status"] == "done" and evaluated["attempts"] == 2
@@ -224,10 +225,18 @@ def test_three_stage_workflow_resumes_at_evaluate_under_one_parent_run(tmp_path,
     (parent,) = workflow_runs(db, "tiny3")  # one parent run across both attempts
     assert parent.info.run_id == json.loads((storage / "tiny3" / "workflow.json").read_text())["parent_run_id"]
     assert parent.info.status == "FINISHED"
-    assert {parent.data.tags[f"stage.{s}.status"] for s in ("ingest", "train", "evaluate")} == {"done"}
+    assert {parent.data.tags[f"stage.{s}.status"] for s in ("ingest", "train", "evaluate", "register")} == {"done"}
     assert parent.data.metrics["evaluate.hmean"] == evaluated["outputs"]["metrics"]["hmean"]
     exp = client.get_experiment_by_name("tiny3")
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_id = {r.info.run_id: r for r in children}
     assert set(by_id) == {trained["outputs"]["run_id"], evaluated["outputs"]["mlflow_run_id"]}
     assert by_id[trained["outputs"]["run_id"]].info.status == "FINISHED"
+
+    version = client.get_model_version_by_alias("tiny3", "best")
+    assert version.source == trained["outputs"]["model_uri"] or version.tags["model_uri"] == trained["outputs"]["model_uri"]
+    assert record(storage, "tiny3", "register")["outputs"]["version"] == str(version.version)
+    third = cli("--config", str(path), "--set", f"evaluate.data=[{{uri: '{data}', split: train}}]", "--rerun-from", "register")
+    assert third.exit_code == 0, third.output
+    assert count_stages["register"] == 2 and count_stages["evaluate"] == 2
+    assert [v.version for v in client.search_model_versions("name = 'tiny3'")] == [version.version]  # not registered twice
