@@ -81,12 +81,22 @@ def ingest(
 
 from pipelines.check_targets import check_targets_command  # noqa: E402  (commands register below the app)
 from pipelines.cross_eval import cross_eval_command  # noqa: E402
+from pipelines.demo import demo_command  # noqa: E402
+from pipelines.evaluate import evaluate_command  # noqa: E402
 from pipelines.export import export_command  # noqa: E402
+from pipelines.predict import predict_command  # noqa: E402
 from pipelines.retrain import retrain_command  # noqa: E402
 from pipelines.score import score_command  # noqa: E402
 from pipelines.submit import submit_command  # noqa: E402
+from pipelines.train import train_command  # noqa: E402
+from pipelines.tune import tune_command  # noqa: E402
 from pipelines.workflow import pipeline_run_command  # noqa: E402
 
+app.command("demo")(demo_command)
+app.command("train")(train_command)
+app.command("tune")(tune_command)
+app.command("evaluate")(evaluate_command)
+app.command("predict")(predict_command)
 app.command("check-targets")(check_targets_command)
 app.command("score")(score_command)
 app.command("export")(export_command)
