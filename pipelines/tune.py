@@ -139,10 +139,15 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
             metric="val_hmean",
             mode="max",
             num_samples=t.num_samples,
-            max_concurrent_trials=t.max_concurrent,
-            search_alg=BasicVariantGenerator(random_state=t.seed),
+            # the limit lives on the generator: Tune ignores max_concurrent_trials for a given generator instance
+            search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=t.max_concurrent),
+            # max_t one past the last epoch: ASHA stops trials at its rungs, never at their final report (a stop
+            # there would interrupt a trial that is finishing and leave its MLflow run marked as failed)
             scheduler=ASHAScheduler(
-                time_attr="epoch", max_t=cfg.train.epochs, grace_period=t.grace_period, reduction_factor=t.reduction_factor
+                time_attr="epoch",
+                max_t=cfg.train.epochs + 1,
+                grace_period=t.grace_period,
+                reduction_factor=t.reduction_factor,
             ),
         ),
         run_config=tune.RunConfig(name=sweep_name, storage_path=storage_path, storage_filesystem=filesystem),
@@ -175,7 +180,7 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
 
 
 def _summaries(grid: Any, tracking_uri: str, experiment_id: str, cfg: ExperimentConfig) -> list[TrialSummary]:
-    """One summary per trial; children that ASHA stopped mid-run are marked KILLED in MLflow."""
+    """One summary per trial; children that ASHA stopped early are marked KILLED in MLflow (not FAILED)."""
     out = []
     for result in grid:
         metrics = result.metrics or {}
@@ -183,11 +188,8 @@ def _summaries(grid: Any, tracking_uri: str, experiment_id: str, cfg: Experiment
         key = registry.run_key(trial_name(cfg.name, trial_id), cfg.train.storage_path)
         run_id = registry.find_run(tracking_uri, experiment_id, key)
         model_uri = registry.run_model_uri(tracking_uri, run_id) if run_id else None
-        if run_id and model_uri is None:
-            from mlflow import MlflowClient
-
-            if MlflowClient(tracking_uri).get_run(run_id).info.status == "RUNNING":
-                registry.finish_run(tracking_uri, run_id, "KILLED")
+        if run_id and model_uri is None and result.error is None:
+            registry.finish_run(tracking_uri, run_id, "KILLED")  # stopped early by ASHA, not broken
         params = {k: result.config[k] for k in ("num_prompts", "image_encoder_lr_factor", "text_encoder_lr_factor", "lr")}
         out.append(
             TrialSummary(trial_id, run_id, params, float(metrics.get("val_hmean", 0.0)), int(metrics.get("epoch", 0)), model_uri)

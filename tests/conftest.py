@@ -102,12 +102,14 @@ def s3_env(s3_server, monkeypatch):
     return s3_server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """An embedded Ray sized for CI (2 cores): shared by the tests of a session, shut down at the end."""
+    """An embedded Ray sized for CI (2 cores), fresh for each test module and shut down after it, so actors or
+    placement groups a module leaves behind can never starve the next one."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
