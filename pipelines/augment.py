@@ -301,6 +301,11 @@ def _parquet_reader_v1() -> Iterator[None]:
             ctx.use_datasource_v2 = before
 
 
+def num_rows(shards: Shards) -> int:
+    """Rows in the listed shards, from their Parquet footers (no data read)."""
+    return sum(pq.read_metadata(path, filesystem=shards.fs).num_rows for path in shards.paths)
+
+
 def count_rows(shards: Shards, fraction: float) -> int:
     """Rows of the few-shot subset of a split (reads only the id column)."""
     ids = pq.read_table(shards.paths, columns=["id"], filesystem=shards.fs).column("id").to_pylist()
@@ -335,9 +340,11 @@ def select_rows(
     cpus_per_task: float = 1.0,
     columns: Sequence[str] = ROW_COLUMNS,
     shuffle_files: bool = True,
+    rows_per_block: int | None = None,
 ) -> ray.data.Dataset:
     """The rows of one epoch, before augmentation: `columns` + `repeat`, sources mixed by their weights.
-    `shuffle_files`: read the shards in a new (seeded) order on every pass."""
+    `shuffle_files`: read the shards in a new (seeded) order on every pass. `rows_per_block`: split the read into
+    blocks of about this many rows (one augmentation task each; None: Ray's default split)."""
     if not sources:
         raise ValueError("train data: no sources given")
     shards = [manifest_shards(uri, split) for uri, _ in sources]
@@ -358,6 +365,7 @@ def select_rows(
                 if shuffle_files
                 else None,
                 num_cpus=cpus_per_task,
+                override_num_blocks=math.ceil(num_rows(src) / rows_per_block) if rows_per_block else None,
             ).select_columns(list(columns))
         per_source.append(
             rows.map_batches(
@@ -408,6 +416,8 @@ def train_dataset(
         epoch=epoch,
         num_workers=num_workers,
         cpus_per_task=cpus_per_task,
+        # one augmentation call per task: a task then holds ~batch_size x 14 MB (at 640), whatever the shard size
+        rows_per_block=batch_size,
     )
     return rows.map_batches(
         _encode_batch_ray,

@@ -35,9 +35,10 @@ class DemoPlan:
     """The demo's knobs: sized so the whole run fits in 10 minutes on 2 cores."""
 
     workdir: Path
-    train_images: int = 192  # synthetic training images
+    train_images: int = 512  # synthetic training images
     val_images: int = 48  # held-out synthetic images (another split of the generator: never trained on)
-    epochs: int = 12
+    epochs: int = 16
+    val_every: int = 4  # epochs: each validation pass costs a few seconds of the budget
     sweep: bool = True
     sweep_epochs: int = 2  # each sweep trial is a short run: the sweep shows the machinery, not a search
     seed: int = 0
@@ -102,6 +103,8 @@ def demo_config(plan: DemoPlan, refs: dict[str, DatasetRef | None]) -> Experimen
             f"data.val_short_side={SYNTH_SIZE}",
             f"data.val_canvas={SYNTH_SIZE}",
             f"train.epochs={plan.epochs}",
+            f"train.val_every={plan.val_every}",
+            f"train.checkpoint_every={plan.val_every}",
             f"train.storage_path={work / 'runs'}",
             f"mlflow.tracking_uri=sqlite:///{work / 'mlflow.db'}",
             "mlflow.experiment=tcm-demo",
@@ -198,9 +201,9 @@ def _print_table(summary: dict, results: dict[str, dict], sweep, plan: DemoPlan)
 
 def demo_command(
     workdir: Path = typer.Option(Path("demo-work"), "--workdir", help="Working folder for data, runs, MLflow and the summary."),
-    train_images: int = typer.Option(192, "--train-images", min=8, help="Synthetic training images to generate."),
+    train_images: int = typer.Option(512, "--train-images", min=8, help="Synthetic training images to generate."),
     val_images: int = typer.Option(48, "--val-images", min=4, help="Held-out synthetic images to evaluate on."),
-    epochs: int = typer.Option(12, "--epochs", min=1, help="Training epochs of tiny TCM-DB."),
+    epochs: int = typer.Option(16, "--epochs", min=1, help="Training epochs of tiny TCM-DB."),
     no_sweep: bool = typer.Option(False, "--no-sweep", help="Skip the two-trial Ray Tune sweep."),
 ) -> None:
     """Run the whole pipeline on this machine: synthesise, ingest, train, evaluate, sweep; MLflow in sqlite."""

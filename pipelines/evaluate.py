@@ -329,7 +329,9 @@ def _log_evaluation(
 ) -> str:
     """One MLflow run per (model, data): evaluating the same pair again updates that run."""
     data = ",".join(f"{r.uri}#{r.split}" for r in refs)
-    experiment_id = registry.ensure_experiment(tracking_uri, cfg.mlflow.experiment)
+    experiment_id = registry.ensure_experiment(
+        tracking_uri, cfg.mlflow.experiment, registry.default_artifact_location(cfg.mlflow, cfg.train.storage_path)
+    )
     run_id, _ = registry.get_or_create_run(
         tracking_uri,
         experiment_id,
