@@ -111,6 +111,7 @@ def predict_rows(
             sel = [i for i, rid in enumerate(ids) if keep(rid)]
             if not sel:
                 continue
+            # (len(sel), 3, canvas, canvas) normalised
             images = torch.from_numpy(np.stack([np.asarray(batch["image"][i], dtype=np.float32) for i in sel]))
             scales = _scales({"scale": np.asarray(batch["scale"])[sel]}, len(sel))
             dets = decode_batch(model, codec, images.to(device), scales, _sizes(batch, sel))

@@ -11,6 +11,7 @@ restored from it continues with epoch 4, logging into the same MLflow run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -306,15 +307,63 @@ def _checkpoint_uri(storage_uri: str, path: str) -> str:
 
 @dataclasses.dataclass
 class _State:
-    """What the worker carries from epoch to epoch."""
+    """What a worker carries from epoch to epoch (and a checkpoint restores)."""
 
     epoch: int = 0  # completed epochs
     global_step: int = 0
-    val: dict[str, float] = dataclasses.field(default_factory=dict)
+    val: dict[str, float] = dataclasses.field(default_factory=dict)  # latest validation metrics
+
+
+@dataclasses.dataclass
+class _Worker:
+    """One Ray Train worker's training objects."""
+
+    cfg: ExperimentConfig
+    loop: dict[str, Any]  # build_trainer's loop config: cfg as JSON, tracking URI, MLflow run id, data tags
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module  # the bare detector: loss, validation, checkpoints
+    ddp: torch.nn.Module  # its DDP wrapper for the training forward (the model itself on one worker)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None  # None: full precision (CPU, or amp off)
+    codec: Any
+    logger: registry.RunLogger | None  # rank 0 only
+    state: _State
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker. `config` = build_trainer's loop config (plain JSON-able values)."""
+    import ray.train
+
+    w = _setup_worker(config)
+    cfg, state, E = w.cfg, w.state, w.cfg.train.epochs
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
+    if w.rank == 0:
+        log.info("[tcm] %s: epochs %d..%d on %d worker(s), device %s", cfg.name, state.epoch + 1, E, w.world, w.device)
+    for epoch in range(state.epoch + 1, E + 1):
+        lrs = set_poly_lr(w.optimizer, cfg, epoch - 1)
+        stats = _train_epoch(w, train_shard)
+        state.epoch, state.global_step = epoch, state.global_step + int(stats.pop("steps"))
+        metrics = {f"train/{k}": v for k, v in stats.items()} | {f"lr/{name}": lr for name, lr in lrs.items()}
+        if val_shard is not None and (epoch % cfg.train.val_every == 0 or epoch == E):
+            state.val = _validate(w, val_shard, epoch)
+            metrics.update({f"val/{k}": v for k, v in state.val.items()})
+        if w.logger is not None:
+            w.logger.metrics({**metrics, "epoch": epoch}, step=epoch)
+            _print_epoch(cfg.name, epoch, E, metrics)
+            if epoch == E and cfg.mlflow.log_model:  # before the final report: Tune may stop a trial right after it
+                _log_final_model(w)
+        _report(w, metrics, checkpoint=epoch % cfg.train.checkpoint_every == 0 or epoch == E)
+        if cfg.train.fail_after_epoch == epoch:
+            raise InjectedFailure(f"train.fail_after_epoch={epoch}: injected failure after reporting epoch {epoch}")
+    _barrier(w.world)
+
+
+def _setup_worker(config: dict[str, Any]) -> _Worker:
+    """Build the detector, restore the latest checkpoint (or warm-start), optimiser, AMP, DDP, rank-0 logger."""
     import ray.train
     import ray.train.torch
 
@@ -328,37 +377,34 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # one thread per reserved CPU: oversubscribed threads on shared cores are ~10x slower (tiny TCM-DB step,
     # batch 8 on a loaded 2-core machine: 0.18 s with 1 thread, 2.5 s with 2)
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     np.random.seed(cfg.train.seed + rank)
 
     det_cfg = cfg.detector()
-    restored = ray.train.get_checkpoint()
+    restored = ray.train.get_checkpoint()  # Train V2: the latest checkpoint of this run name + storage
     model = build_detector(det_cfg, pretrained=restored is None and cfg.train.init_from is None)
-    state = _State()
-    ckpt = None
+    state, ckpt = _State(), None
     if restored is not None:
         with restored.as_directory() as folder:
             ckpt = read_checkpoint(folder, with_train_state=True)
-        load_model_state(model, ckpt, det_cfg)
-        state.epoch = ckpt.epoch
-        state.global_step = int(ckpt.meta.get("global_step", 0))
-        state.val = dict(ckpt.meta.get("val", {}))
+        load_model_state(model, ckpt, det_cfg)  # a checkpoint of another model config: named, not a shape error
+        state = _State(ckpt.epoch, int(ckpt.meta.get("global_step", 0)), dict(ckpt.meta.get("val", {})))
     elif cfg.train.init_from:
         load_model_state(model, _load_init(cfg.train.init_from, config.get("tracking_uri")), det_cfg)
 
     model.to(device)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg)  # before DDP: param_groups freezes parts (requires_grad=False)
     use_amp = cfg.train.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
     if ckpt is not None and ckpt.train_state:
         optimizer.load_state_dict(ckpt.train_state["optimizer"])
         if "scaler" in ckpt.train_state:
             scaler.load_state_dict(ckpt.train_state["scaler"])
-    # find_unused_parameters: frozen/optional TCM parts leave parameters without gradients (TCM configs set it too)
-    ddp_model = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": True}
-    ) if world > 1 else model
+    ddp = model
+    if world > 1:
+        # find_unused_parameters: optional TCM parts can leave parameters without gradients (TCM configs set it)
+        ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
 
     logger = None
     if rank == 0:
@@ -368,46 +414,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if ckpt is not None:
             logger.tags({"tcm.resumed_from_epoch": ckpt.epoch})
     codec = build_codec(det_cfg.head)
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
-    E = cfg.train.epochs
-    if rank == 0:
-        log.info("[tcm] %s: epochs %d..%d on %d worker(s), device %s", cfg.name, state.epoch + 1, E, world, device.type)
+    return _Worker(cfg, config, rank, world, device, model, ddp, optimizer, scaler, amp_dtype, codec, logger, state)
 
-    for epoch in range(state.epoch + 1, E + 1):
-        lrs = set_poly_lr(optimizer, cfg, epoch - 1)
-        stats = _train_epoch(ddp_model, model, optimizer, scaler, train_shard, cfg, device, use_amp, amp_dtype)
-        state.epoch, state.global_step = epoch, state.global_step + int(stats.pop("steps"))
-        metrics = {f"train/{k}": v for k, v in stats.items()}
-        metrics.update({f"lr/{name}": lr for name, lr in lrs.items()})
-        validate_now = val_shard is not None and (epoch % cfg.train.val_every == 0 or epoch == E)
-        if validate_now:
-            state.val = _validate(model, codec, val_shard, cfg, device, rank, world, logger, epoch)
-            metrics.update({f"val/{k}": v for k, v in state.val.items()})
-        if logger is not None:
-            logger.metrics({**metrics, "epoch": epoch}, step=epoch)
-            _print_epoch(cfg.name, epoch, E, metrics)
-        report = {
-            "epoch": epoch,
-            "loss": metrics.get("train/loss", math.nan),
-            "images_per_s": metrics.get("train/images_per_s", 0.0),
-            "val_hmean": state.val.get("hmean", 0.0),  # latest validation (0 before the first)
-            "val_precision": state.val.get("precision", 0.0),
-            "val_recall": state.val.get("recall", 0.0),
-        }
-        if epoch == E and logger is not None and cfg.mlflow.log_model:
-            # before the final report: a Tune scheduler may stop the trial as soon as it sees that report
-            meta = {"epoch": epoch, "global_step": state.global_step, "mlflow_run_id": config["mlflow_run_id"]}
-            registry.log_model(
-                config["tracking_uri"], config["mlflow_run_id"], model, det_cfg, meta=meta, experiment=config["cfg"]
-            )
-        if epoch % cfg.train.checkpoint_every == 0 or epoch == E:
-            _report_with_checkpoint(report, model, optimizer, scaler, cfg, config, state, rank)
-        else:
-            ray.train.report(report)
-        if cfg.train.fail_after_epoch == epoch:
-            raise InjectedFailure(f"train.fail_after_epoch={epoch}: injected failure after reporting epoch {epoch}")
-    _barrier(world)
+
+def _log_final_model(w: _Worker) -> None:
+    loop, state = w.loop, w.state
+    meta = {"epoch": state.epoch, "global_step": state.global_step, "mlflow_run_id": loop["mlflow_run_id"]}
+    registry.log_model(
+        loop["tracking_uri"], loop["mlflow_run_id"], w.model, w.cfg.detector(), meta=meta, experiment=loop["cfg"]
+    )
 
 
 def _load_init(uri: str, tracking_uri: str | None):
@@ -466,49 +481,40 @@ def _tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.as_tensor(v) for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"}
 
 
-def _train_epoch(
-    ddp_model: torch.nn.Module,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    shard: Any,
-    cfg: ExperimentConfig,
-    device: torch.device,
-    use_amp: bool,
-    amp_dtype: torch.dtype,
-) -> dict[str, float]:
-    ddp_model.train()
+def _train_epoch(w: _Worker, shard: Any) -> dict[str, float]:
+    """One pass over this worker's shard; losses averaged over all workers' images, throughput of all workers."""
+    cfg = w.cfg
+    w.ddp.train()
     sums: dict[str, float] = {}
-    images = 0
-    steps = 0
+    images = steps = 0
     start = time.perf_counter()
     batches = shard.iter_torch_batches(
-        batch_size=cfg.data.batch_size, collate_fn=_tensors, device=device, drop_last=False, prefetch_batches=2
+        batch_size=cfg.data.batch_size, collate_fn=_tensors, device=w.device, drop_last=False, prefetch_batches=2
     )
     for batch in _limit(batches, cfg.train.steps_per_epoch):
         x = batch.pop("image")  # (B, 3, S, S) normalised
         B = x.shape[0]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            outputs = ddp_model(x)
+        amp = torch.autocast(w.device.type, dtype=w.amp_dtype) if w.amp_dtype else contextlib.nullcontext()
+        with amp:
+            outputs = w.ddp(x)
         # losses in float32: BCE/Dice on half-precision maps underflow (and BCE refuses autocast)
-        losses = model.loss({k: v.float() for k, v in outputs.items()}, batch)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
+        losses = w.model.loss({k: v.float() for k, v in outputs.items()}, batch)
+        w.optimizer.zero_grad(set_to_none=True)
+        w.scaler.scale(losses["loss"]).backward()
         if cfg.optim.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+            w.scaler.unscale_(w.optimizer)
+            torch.nn.utils.clip_grad_norm_(w.model.parameters(), cfg.optim.grad_clip)
+        w.scaler.step(w.optimizer)
+        w.scaler.update()
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach()) * B
         images += B
         steps += 1
     elapsed = time.perf_counter() - start
-    totals = _all_reduce_sum([images, steps, *sums.values()], device)
-    all_images, _ = totals[0], totals[1]
-    stats = {k: v / max(all_images, 1) for k, v in zip(sums, totals[2:], strict=True)}
+    all_images, *all_sums = _all_reduce_sum([images, *sums.values()], w.device)
+    stats = {k: v / max(all_images, 1) for k, v in zip(sums, all_sums, strict=True)}
     if not math.isfinite(stats.get("loss", 0.0)):
-        raise FloatingPointError(f"training loss is {stats['loss']} (lr {cfg.optim.lr}); lower optim.lr or enable grad_clip")
+        raise FloatingPointError(f"training loss is {stats['loss']} (optim.lr {cfg.optim.lr}): lower it or set optim.grad_clip")
     stats["images_per_s"] = all_images / max(elapsed, 1e-9)
     stats["epoch_time_s"] = elapsed
     stats["steps"] = steps
@@ -535,35 +541,25 @@ def _barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-def _validate(
-    model: torch.nn.Module,
-    codec: Any,
-    shard: Any,
-    cfg: ExperimentConfig,
-    device: torch.device,
-    rank: int,
-    world: int,
-    logger: registry.RunLogger | None,
-    epoch: int,
-) -> dict[str, float]:
-    """Every worker evaluates its slice of val (by id hash); rank 0 gathers, scores, plots and logs."""
+def _validate(w: _Worker, shard: Any, epoch: int) -> dict[str, float]:
+    """Every worker predicts its slice of val (by id hash); rank 0 gathers, scores, plots and logs."""
     from pipelines.evaluate import overlay_source, predict_rows, score_pairs
 
-    local = predict_rows(model, codec, shard, cfg, device, keep=lambda row_id: _owner(row_id, world) == rank)
-    gathered: list[Any] = [None] * world
-    if world > 1:
-        torch.distributed.all_gather_object(gathered, local)
-    else:
-        gathered = [local]
-    if rank != 0:
+    cfg = w.cfg
+    mine = predict_rows(w.model, w.codec, shard, cfg, w.device, keep=lambda row_id: _owner(row_id, w.world) == w.rank)
+    gathered: list[Any] = [mine]
+    if w.world > 1:
+        gathered = [None] * w.world
+        torch.distributed.all_gather_object(gathered, mine)
+    if w.rank != 0:
         return {}
-    rows = sorted((r for part in gathered for r in part), key=lambda r: r.id)
+    rows = [r for part in gathered for r in part]
     with tempfile.TemporaryDirectory(prefix="tcm-val-") as tmp:
         metrics = score_pairs(
             rows, cfg.eval.protocol, Path(tmp), num_overlays=cfg.train.num_overlays, images=overlay_source(cfg.data.val)
         )
-        if logger is not None:
-            logger.artifacts(tmp, f"validation/epoch={epoch:04d}")
+        if w.logger is not None:
+            w.logger.artifacts(tmp, f"validation/epoch={epoch:04d}")
     return metrics
 
 
@@ -573,35 +569,38 @@ def _owner(row_id: str, world: int) -> int:
     return zlib.crc32(row_id.encode()) % world
 
 
-def _report_with_checkpoint(
-    report: dict[str, Any],
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    cfg: ExperimentConfig,
-    config: dict[str, Any],
-    state: _State,
-    rank: int,
-) -> None:
-    """Rank 0 writes the checkpoint folder; every rank reports (Train V2 needs all ranks to call report)."""
+def _report(w: _Worker, metrics: Mapping[str, float], checkpoint: bool) -> None:
+    """Report the epoch to Ray Train (every rank must), with a checkpoint folder written by rank 0."""
     import ray.train
 
     from pipelines.checkpoint import save_checkpoint
 
+    state = w.state
+    report = {
+        "epoch": state.epoch,
+        "loss": metrics.get("train/loss", math.nan),
+        "images_per_s": metrics.get("train/images_per_s", 0.0),
+        "val_hmean": state.val.get("hmean", 0.0),  # the latest validation (0 before the first)
+        "val_precision": state.val.get("precision", 0.0),
+        "val_recall": state.val.get("recall", 0.0),
+    }
+    if not checkpoint:
+        ray.train.report(report)
+        return
     name = f"checkpoint_epoch={state.epoch:04d}"
-    if rank != 0:
+    if w.rank != 0:
         ray.train.report(report, checkpoint=None, checkpoint_dir_name=name)
         return
+    meta = {
+        "epoch": state.epoch,
+        "global_step": state.global_step,
+        "mlflow_run_id": w.loop["mlflow_run_id"],
+        "val": state.val,
+        "data": w.loop["data_tags"],
+    }
     with tempfile.TemporaryDirectory(prefix="tcm-ckpt-") as tmp:
-        meta = {
-            "epoch": state.epoch,
-            "global_step": state.global_step,
-            "mlflow_run_id": config["mlflow_run_id"],
-            "val": state.val,
-            "data": config["data_tags"],
-        }
         save_checkpoint(
-            tmp, model, cfg.detector(), meta=meta, experiment=config["cfg"], optimizer=optimizer, scaler=scaler
+            tmp, w.model, w.cfg.detector(), meta=meta, experiment=w.loop["cfg"], optimizer=w.optimizer, scaler=w.scaler
         )
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
 

@@ -145,3 +145,16 @@ def test_paper_configs_exist_for_every_dataset_and_head():
     names = {p.stem for p in CONFIGS}
     expected = {f"{d}_{h}" for d in ("ic15", "td500", "ctw1500", "totaltext") for h in ("db", "pan", "fce")}
     assert expected | {"tiny_cpu"} <= names
+
+
+def test_demo_config_keeps_everything_in_the_working_folder(tmp_path):
+    from pipelines.config import DatasetRef
+    from pipelines.demo import DemoPlan, demo_config
+
+    data = str(tmp_path / "data" / "synth")
+    refs = {"train": DatasetRef(uri=data, split="train"), "val": DatasetRef(uri=data, split="val"), "ic15": None}
+    cfg = demo_config(DemoPlan(tmp_path, epochs=3), refs)
+    assert cfg.train.storage_path == str(tmp_path / "runs") and cfg.train.epochs == 3
+    assert cfg.mlflow.resolved_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert [r.split for r in cfg.data.train] == ["train"] and [r.split for r in cfg.data.val] == ["val"]
+    assert cfg.detector() == DetectorConfig.tiny() and cfg.train.num_workers == 2
