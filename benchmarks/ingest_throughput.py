@@ -292,10 +292,10 @@ def measure_memory(data: Path, crop: int, budget_gib: float | None) -> dict:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def write_section(text: str, path: Path = ROOT / "benchmarks" / "RESULTS.md") -> None:
-    """Replace (or append) the `## Ingest throughput` section, leaving the others as they are."""
+def write_section(text: str, path: Path = ROOT / "benchmarks" / "RESULTS.md", title: str = "Ingest throughput") -> None:
+    """Replace (or append) the `## <title>` section, leaving the others as they are."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"^## Ingest throughput\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     new = text.rstrip() + "\n\n"
     out = pattern.sub(lambda _: new, old) if pattern.search(old) else old.rstrip() + "\n\n" + new
     path.write_text(out.rstrip() + "\n")

@@ -58,6 +58,7 @@ from tcm.data.transforms import (
 ROW_COLUMNS = ["id", "image", "polygons", "ignore"]  # all the pipeline reads of a unified row
 MAP_BATCH_SIZE = 4  # rows per encode_batch call: a row is ~14 MB of float32 at 640 (image + DB maps)
 NUM_WORKERS = 2  # concurrent augmentation tasks: the 2-core CI machine; raise on a cluster
+TASK_ROWS_PER_BATCH = 8  # encode_batch calls per Ray task (see train_dataset)
 
 
 @dataclass(frozen=True)
@@ -416,8 +417,10 @@ def train_dataset(
         epoch=epoch,
         num_workers=num_workers,
         cpus_per_task=cpus_per_task,
-        # one augmentation call per task: a task then holds ~batch_size x 14 MB (at 640), whatever the shard size
-        rows_per_block=batch_size,
+        # rows per augmentation task, whatever the shard size: Ray spends ~0.1-0.2 s per task (lease, arguments,
+        # storing the result), so a task gets ~1.5 s of work (32 rows at 640); its output still leaves in
+        # blocks of <= 128 MB as it is produced (measured: benchmarks/ingest_throughput.py)
+        rows_per_block=TASK_ROWS_PER_BATCH * batch_size,
     )
     return rows.map_batches(
         _encode_batch_ray,

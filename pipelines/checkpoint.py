@@ -82,9 +82,12 @@ def save_checkpoint(
         if scaler is not None:
             train_state["scaler"] = scaler.state_dict()
         torch.save(train_state, directory / TRAIN_STATE_FILE)
-    config = {"model": detector_config_to_dict(detector), "experiment": dict(experiment) if experiment else None}
+    # recorded URIs never keep a `user:secret@` part (a redacted s3://***@bucket/… still resolves, env keys)
+    experiment = storage.redact_uris(dict(experiment)) if experiment else None
+    config = {"model": detector_config_to_dict(detector), "experiment": experiment}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-    (directory / META_FILE).write_text(json.dumps({"format": FORMAT_VERSION, **(meta or {})}, indent=2))
+    meta = storage.redact_uris({"format": FORMAT_VERSION, **(meta or {})})
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
     return directory
 
 
@@ -121,7 +124,7 @@ def local_copy(uri: str) -> Iterator[Path]:
         try:
             pafs.copy_files(loc.path, tmp, source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
         except OSError as err:
-            raise CheckpointError(f"{uri}: cannot copy checkpoint ({err})") from None
+            raise CheckpointError(f"{loc.uri}: cannot copy checkpoint ({err})") from None
         yield Path(tmp)
 
 

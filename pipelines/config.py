@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipelines.storage import redact_uris
 from tcm.config import ClipConfig, DBHeadConfig, DetectorConfig, FCEHeadConfig, PANHeadConfig, TCMConfig
 from tcm.data.transforms import AugmentConfig
 
@@ -220,8 +221,8 @@ class ExperimentConfig(Strict):
         return validate_config(data, source)
 
     def flat_params(self) -> dict[str, str]:
-        """The resolved config as flat `a.b.c` keys (MLflow params)."""
-        return {k: str(v) for k, v in flatten(self.model_dump(mode="json")).items()}
+        """The resolved config as flat `a.b.c` keys (MLflow params); URIs without any `user:secret@` part."""
+        return {k: str(v) for k, v in flatten(redact_uris(self.model_dump(mode="json"))).items()}
 
 
 # ---------------------------------------------------------------------------------------------------- loading

@@ -295,12 +295,9 @@ def run_evaluation(
     """Evaluate `model_uri` (models:/…, runs:/… or a checkpoint folder) on ingested datasets `refs`.
 
     Test scale, protocol and actor pool come from `cfg`, else from the config the model was trained with."""
-    import ray
+    from pipelines.train import eval_datasets, init_ray
 
-    from pipelines.train import eval_datasets
-
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     tracking_uri = registry.absolute_tracking_uri(
         tracking_uri or (cfg.mlflow.resolved_tracking_uri() if cfg else MlflowConfig().resolved_tracking_uri())
     )
@@ -331,7 +328,7 @@ def _log_evaluation(
     """One MLflow run per (model, data): evaluating the same pair again updates that run."""
     data = ",".join(f"{r.uri}#{r.split}" for r in refs)
     experiment_id = registry.ensure_experiment(
-        tracking_uri, cfg.mlflow.experiment, registry.default_artifact_location(cfg.mlflow, cfg.train.storage_path)
+        tracking_uri, cfg.mlflow.experiment, registry.store_artifact_location(cfg.mlflow, tracking_uri)
     )
     run_id, _ = registry.get_or_create_run(
         tracking_uri,

@@ -30,6 +30,7 @@ from mlflow.entities import Metric, Param, RunTag
 from torch import nn
 
 from pipelines import checkpoint as ckpt_io
+from pipelines import storage
 from pipelines.config import MlflowConfig
 from tcm.config import DetectorConfig
 
@@ -55,10 +56,21 @@ def default_artifact_location(mcfg: MlflowConfig, storage_uri: str) -> str:
     if mcfg.artifact_location:
         return mcfg.artifact_location
     if urlparse(storage_uri).scheme == "s3":
-        return storage_uri.rstrip("/") + "/mlflow-artifacts"
+        # never `s3://key:secret@…`: the location is stored in MLflow, and its boto3 reads keys from the env
+        return storage.strip_credentials(storage_uri).rstrip("/") + "/mlflow-artifacts"
     return Path(urlparse(storage_uri).path if storage_uri.startswith("file://") else storage_uri).resolve().joinpath(
         "mlflow-artifacts"
     ).as_uri()
+
+
+def store_artifact_location(mcfg: MlflowConfig, tracking_uri: str) -> str | None:
+    """Where an experiment created outside training keeps artifacts: the config's location, else beside a
+    sqlite store's file (never the current folder), else the tracking server's default (None)."""
+    if mcfg.artifact_location:
+        return mcfg.artifact_location
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///") :]).resolve().parent.joinpath("mlflow-artifacts").as_uri()
+    return None
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:

@@ -4,6 +4,9 @@ fixed benchmark -> promote only if it is better by a margin.
 Each run is one batch `batch-<k>` with recorded stages (ingested, trained, decided) in `<shards>/retrain_state.json`:
 a run that crashed resumes its batch at the first unfinished stage, a run with nothing new does nothing and
 says so, and a lock in the bucket (with expiry) keeps two runs started together from both training.
+
+Every batch is ingested into its own folder `<shards>/batch-<k>/` as split `train`, so the fine-tune can mix all
+batches so far (training mixes sources of one split), each weighted by its row count: every row once per epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pipelines.ingest import ingest, plan_pairs
 from pipelines.lock import DEFAULT_TTL_S, BucketLock, LockHeld
 
 STATE_FILE = "retrain_state.json"
+BATCH_SPLIT = "train"  # the split of every batch folder: one split name, so the fine-tune can mix them all
 
 
 class RetrainConfig(BaseModel):
@@ -81,11 +85,16 @@ def delta_files(current: dict[str, tuple[int, int]], seen: dict[str, list[int]],
     return {f for p in plan.pairs if {p.image, p.annotation} & changed for f in (p.image, p.annotation)}
 
 
-def _experiment(rc: RetrainConfig, batches: list[str], k: int, init_from: str | None) -> ExperimentConfig:
+def batch_uri(rc: RetrainConfig, batch: str) -> str:
+    return rc.shards.rstrip("/") + "/" + batch
+
+
+def _experiment(rc: RetrainConfig, batches: list[tuple[str, int]], k: int, init_from: str | None) -> ExperimentConfig:
+    """The fine-tune of batch k: every ingested batch so far (name, rows), weighted by its rows."""
     exp = load_config(rc.experiment).with_overrides(rc.set, "retrain set") if rc.set else load_config(rc.experiment)
     overrides: dict[str, Any] = {
         "name": f"{exp.name}-retrain-{k:04d}",  # one run per batch: a crashed fine-tune resumes, not restarts
-        "data.train": [{"uri": rc.shards, "split": b} for b in batches],
+        "data.train": [{"uri": batch_uri(rc, b), "split": BATCH_SPLIT, "weight": rows} for b, rows in batches if rows],
         "data.val": [rc.benchmark.model_dump()],
         "train.init_from": init_from,
     }
@@ -111,7 +120,7 @@ def _hmean(model_uri: str, rc: RetrainConfig, exp: ExperimentConfig, tracking_ur
 def retrain(rc: RetrainConfig, progress=print) -> RetrainOutcome:
     from mlflow import MlflowClient
 
-    from pipelines.train import run_training
+    from pipelines.train import init_ray, run_training
 
     shards = storage.resolve(rc.shards)
     with BucketLock(shards.join("retrain.lock").uri, ttl_s=rc.lock_ttl_s):
@@ -129,20 +138,24 @@ def retrain(rc: RetrainConfig, progress=print) -> RetrainOutcome:
             state["batches"].append(pending)
             _write_state(shards, state)
             progress(f"{len(delta)} new or changed files -> {pending['name']}")
+        init_ray()  # before ingest starts Ray: the fine-tune's and the evaluation's actors need the S3 env too
         if pending["stage"] == "listed":
-            ingest(rc.format, rc.raw, rc.shards, pending["name"], dataset=rc.dataset, only=set(pending["files"]),
-                   progress=progress)  # fmt: skip
+            manifest = ingest(rc.format, rc.raw, batch_uri(rc, pending["name"]), BATCH_SPLIT, dataset=rc.dataset,
+                              only=set(pending["files"]), progress=progress)  # fmt: skip
+            pending["rows"] = int(manifest["splits"].get(BATCH_SPLIT, 0))
             raw_stats = storage.file_stats(storage.resolve(rc.raw))
             state["files"].update({f: list(raw_stats[f]) for f in pending["files"] if f in raw_stats})
             pending["stage"] = "ingested"
             _write_state(shards, state)
         base = load_config(rc.experiment)
+        if rc.set:  # `set: {mlflow.registered_model: …}` names the model the decision is about, as in the fine-tune
+            base = base.with_overrides(rc.set, "retrain set")
         tracking_uri = registry.absolute_tracking_uri(base.mlflow.resolved_tracking_uri())
         name = base.mlflow.registered_model or "tcm-detector"
         client = MlflowClient(tracking_uri=tracking_uri)
         champion = _champion(client, name)
         init_from = f"models:/{name}@champion" if champion else None
-        batches = [b["name"] for b in state["batches"] if b["stage"] != "listed"]
+        batches = [(b["name"], b.get("rows", 0)) for b in state["batches"] if b["stage"] != "listed"]
         exp = _experiment(rc, batches, pending["k"], init_from)
         if pending["stage"] == "ingested":
             progress(f"fine-tuning {exp.name} from {init_from or 'the experiment config (no champion yet)'}")

@@ -53,6 +53,28 @@ def redact_uri(uri: str) -> str:
     return uri
 
 
+def strip_credentials(uri: str) -> str:
+    """The URI with any `user:secret@` part removed (not masked): still usable by another client (MLflow's
+    boto3) with the environment's credentials."""
+    parsed = urlparse(uri)
+    if parsed.scheme and "@" in parsed.netloc:
+        return uri.replace(parsed.netloc, parsed.netloc.rsplit("@", 1)[1], 1)
+    return uri
+
+
+def redact_uris(value):
+    """`redact_uri` applied to every string inside nested dicts / lists (configs before they are recorded)."""
+    match value:
+        case str():
+            return redact_uri(value)
+        case dict():
+            return {k: redact_uris(v) for k, v in value.items()}
+        case list() | tuple():
+            return type(value)(redact_uris(v) for v in value)
+        case _:
+            return value
+
+
 def s3_filesystem(endpoint: str | None = None, key: str | None = None, secret: str | None = None) -> pafs.S3FileSystem:
     """An S3 filesystem for the endpoint (or AWS when none), credentials from the standard environment."""
     endpoint = s3_endpoint(endpoint)
@@ -67,11 +89,13 @@ def s3_filesystem(endpoint: str | None = None, key: str | None = None, secret: s
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = endpoint
         kwargs["scheme"] = parsed.scheme or "http"
-    key = key or os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = secret or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    token = None  # keys given explicitly (from a URI) are long-term keys: the environment's token is not theirs
+    if not (key and secret):
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        token = os.environ.get("AWS_SESSION_TOKEN")
     if key and secret:
         # explicit so the filesystem carries them when pickled to Ray workers on other nodes
-        kwargs.update(access_key=key, secret_key=secret, session_token=os.environ.get("AWS_SESSION_TOKEN"))
+        kwargs.update(access_key=key, secret_key=secret, session_token=token)
     return pafs.S3FileSystem(**kwargs)
 
 
@@ -82,11 +106,14 @@ def resolve(uri: str, *, endpoint: str | None = None) -> Location:
         case "s3":
             if not parsed.hostname:
                 raise StorageError(f"{redact_uri(uri)}: an s3:// URI needs a bucket (s3://bucket/prefix)")
-            # s3://KEY:SECRET@bucket/... (pyarrow's form) works, but the keys never reach the stored URI
+            # s3://KEY:SECRET@bucket/... (pyarrow's form) works, but the keys never reach the stored URI; a
+            # redacted `s3://***@bucket/...` read back from a record uses the environment's keys
             bucket = parsed.netloc.rsplit("@", 1)[-1]
             path = (bucket + "/" + parsed.path.lstrip("/")).rstrip("/")
-            fs = s3_filesystem(endpoint, parsed.username and unquote(parsed.username),
-                               parsed.password and unquote(parsed.password))  # fmt: skip
+            key = secret = None
+            if parsed.username and parsed.password:
+                key, secret = unquote(parsed.username), unquote(parsed.password)
+            fs = s3_filesystem(endpoint, key, secret)
             return Location(fs, path, redact_uri(uri).rstrip("/"))
         case "file":
             return Location(pafs.LocalFileSystem(), os.path.abspath(parsed.path), uri)

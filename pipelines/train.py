@@ -33,17 +33,24 @@ from pipelines.config import ConfigError, ExperimentConfig, load_config
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-ENV_TO_WORKERS = (  # credentials and endpoints the workers need (Ray starts them with the cluster's env)
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
+ENV_TO_WORKERS = (  # endpoints the workers need (Ray starts them with the cluster's env): in the runtime env
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "MLFLOW_S3_ENDPOINT_URL",
-    "MLFLOW_TRACKING_TOKEN",
     "MLFLOW_DISABLE_TELEMETRY",
+)
+# Credentials the workers need too, but never in the runtime env: Ray logs a runtime env in full
+# (runtime_env_agent.log) and shows it in its state API and dashboard. They travel inside the train loop's
+# config instead (pickled to the workers, never printed: see WorkerSecrets) and are set in the worker's env.
+SECRETS_TO_WORKERS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
 )
 
 
@@ -77,7 +84,7 @@ def check_storage(uri: str, name: str) -> None:
     try:
         storage.check_writable(storage.resolve(uri).join(name))
     except storage.StorageError as err:
-        raise storage.StorageError(f"train.storage_path {uri} is not writable: {err}") from None
+        raise storage.StorageError(f"train.storage_path {storage.redact_uri(uri)} is not writable: {err}") from None
 
 
 def data_hashes(cfg: ExperimentConfig) -> dict[str, str]:
@@ -91,7 +98,7 @@ def data_hashes(cfg: ExperimentConfig) -> dict[str, str]:
             except (storage.StorageError, ValueError) as err:
                 raise ConfigError(f"data.{role}[{i}].uri: no readable ingest manifest ({err})") from None
             tags[f"data.{role}.{i}.sha256"] = str(manifest.get("sha256", "unknown"))
-            tags[f"data.{role}.{i}.uri"] = ref.uri
+            tags[f"data.{role}.{i}.uri"] = storage.redact_uri(ref.uri)
     if len(cfg.data.train) == 1:
         tags["data.sha256"] = tags["data.train.0.sha256"]
     return tags
@@ -114,7 +121,41 @@ def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def worker_env() -> dict[str, str]:
+    """The runtime env's variables: endpoints and settings, no credential (see SECRETS_TO_WORKERS)."""
     return {k: os.environ[k] for k in ENV_TO_WORKERS if k in os.environ}
+
+
+def init_ray(**kwargs: Any) -> None:
+    """`ray.init()` (RAY_ADDRESS picks the cluster) that hands the endpoint variables to every task and actor of
+    this driver: a `tcm retrain` / `tcm evaluate` started on a laptop against a cluster would otherwise run its
+    data and inference actors without the S3 endpoint. Inside a submitted job the job's runtime_env already
+    carries them (`tcm submit` forwards them), and Ray refuses the same variable from both."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {} if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ else worker_env()
+    ray.init(runtime_env={"env_vars": env} if env else None, **kwargs)
+
+
+class WorkerSecrets:
+    """The driver's credentials on their way to the training workers: values never shown by repr/str."""
+
+    def __init__(self, values: Mapping[str, str]):
+        self._values = dict(values)
+
+    @classmethod
+    def from_env(cls) -> WorkerSecrets:
+        return cls({k: os.environ[k] for k in SECRETS_TO_WORKERS if k in os.environ})
+
+    def apply(self) -> None:
+        """Set them in this (worker) process's environment, where boto3, pyarrow and MLflow read them."""
+        os.environ.update(self._values)
+
+    def __repr__(self) -> str:
+        return f"WorkerSecrets({', '.join(sorted(self._values))}: redacted)"
+
+    __str__ = __repr__
 
 
 def train_split(cfg: ExperimentConfig) -> str:
@@ -233,7 +274,12 @@ def build_trainer(
         key,
         cfg.name,
         parent_run_id=parent_run_id,
-        tags={**tags, "ray.run_name": cfg.name, "ray.storage_path": cfg.train.storage_path, **(run_tags or {})},
+        tags={
+            **tags,
+            "ray.run_name": cfg.name,
+            "ray.storage_path": storage.redact_uri(cfg.train.storage_path),
+            **(run_tags or {}),
+        },
     )
     storage_path, filesystem = resolve_storage(cfg.train.storage_path)
     loop_config = {
@@ -241,6 +287,7 @@ def build_trainer(
         "tracking_uri": tracking_uri,
         "mlflow_run_id": run_id,
         "data_tags": tags,
+        "secrets": WorkerSecrets.from_env(),
     }
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
     trainer = TorchTrainer(
@@ -268,10 +315,7 @@ def build_trainer(
 
 def run_training(cfg: ExperimentConfig, *, register: bool = True) -> TrainOutcome:
     """Train (or resume) the run `cfg.name`, then register its model with `cfg.mlflow.alias`."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     cfg = with_absolute_paths(cfg)
     built = build_trainer(cfg)
     tracking_uri, run_id = built.tracking_uri, built.run_id
@@ -334,9 +378,11 @@ class _Worker:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker. `config` = build_trainer's loop config (plain JSON-able values)."""
+    """One Ray Train worker. `config` = build_trainer's loop config (JSON-able values + WorkerSecrets)."""
     import ray.train
 
+    if config.get("secrets") is not None:
+        config["secrets"].apply()  # before anything reads storage or MLflow
     w = _setup_worker(config)
     cfg, state, E = w.cfg, w.state, w.cfg.train.epochs
     train_shard = ray.train.get_dataset_shard("train")
@@ -413,6 +459,7 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
         logger.tags({**config["data_tags"], "tcm.world_size": world, "tcm.device": device.type})
         if ckpt is not None:
             logger.tags({"tcm.resumed_from_epoch": ckpt.epoch})
+            print(f"resumed from checkpoint at epoch {ckpt.epoch}", flush=True)  # in the job logs (tests look for it)
     codec = build_codec(det_cfg.head)
     return _Worker(cfg, config, rank, world, device, model, ddp, optimizer, scaler, amp_dtype, codec, logger, state)
 

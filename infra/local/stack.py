@@ -100,9 +100,18 @@ def _port_open(port: int) -> bool:
         return False
 
 
-def _ray_node_args(ports: dict[str, int]) -> list[str]:
+def _ray_temp_dir(state_dir: Path) -> str | None:
+    """Ray's session files under the state dir, so nothing (sockets, logs, the `ray_current_cluster` marker a bare
+    ray.init() would join) is shared with other Ray clusters on the machine. Unix socket paths are limited to
+    107 bytes and Ray appends ~60 (session_<date>_<pid>/sockets/plasma_store): a deep state dir keeps Ray's default."""
+    path = state_dir.resolve() / "ray"
+    return str(path) if len(str(path)) <= 45 else None
+
+
+def _ray_node_args(ports: dict[str, int], temp_dir: str | None = None) -> list[str]:
     """Distinct per-node ports: several raylets share one IP here, so nothing may fall back to a fixed default."""
     return [
+        *([f"--temp-dir={temp_dir}"] if temp_dir else []),
         f"--node-ip-address={HOST}",
         f"--dashboard-agent-listen-port={ports['agent_http']}",
         f"--dashboard-agent-grpc-port={ports['agent_grpc']}",
@@ -156,12 +165,14 @@ def up(state_dir: Path = DEFAULT_STATE) -> dict:
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
-    # token auth on every node and client (Ray 2.60 turns it on for a head, but a joining node defaults to off)
-    env = {**os.environ, **FAKE_KEYS, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-    state = {"processes": [], "state_dir": str(state_dir)}
+    # token auth on every node and client (Ray 2.60 turns it on for a head, but a joining node defaults to off);
+    # this interpreter's bin first on PATH: a job's entrypoint `python -m jobs.…` must find the project's Python
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+    env = {**os.environ, **FAKE_KEYS, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "PATH": path}
+    state = {"processes": [], "state_dir": str(state_dir), "ray_temp_dir": _ray_temp_dir(state_dir)}
 
     def record(name: str, pid: int) -> None:
-        state["processes"].append({"name": name, "pid": pid})
+        state["processes"] = [p for p in state["processes"] if p["name"] != name] + [{"name": name, "pid": pid}]
         (state_dir / "stack.json").write_text(json.dumps(state, indent=2))  # written as we go: down always works
 
     try:
@@ -172,23 +183,39 @@ def up(state_dir: Path = DEFAULT_STATE) -> dict:
         _wait("S3 endpoint (moto)", lambda: _port_open(s3_port), 60, pid, logs / "s3.log")
         _create_buckets(state["s3_endpoint"])
 
-        gcs_port, dash_port, client_port = free_port(), free_port(), free_port()
+        gcs_port, dash_port, client_port, ml_port = free_port(), free_port(), free_port(), free_port()
         head = [_bin("ray"), "start", "--head", f"--port={gcs_port}", f"--dashboard-host={HOST}",
                 f"--dashboard-port={dash_port}", f"--ray-client-server-port={client_port}", f"--num-cpus={HEAD_CPUS}",
-                '--resources={"stack_head": 1}', *_ray_node_args(_node_ports(0))]  # fmt: skip
-        pid = _spawn(head, logs / "ray-head.log", env)
-        record("ray-head", pid)
+                '--resources={"stack_head": 1}', *_ray_node_args(_node_ports(0), state["ray_temp_dir"])]  # fmt: skip
         state["ray_address"] = f"{HOST}:{gcs_port}"
         state["dashboard_url"] = f"http://{HOST}:{dash_port}"
+        # every process of the cluster (drivers, Ray Train's own helpers) finds this cluster, not "auto": with
+        # another Ray on the machine a bare lookup fails with "Found multiple active Ray instances"; and the
+        # cluster's env names the stack's S3 and MLflow, as a real cluster's does (infra/k8s), so a plain
+        # `ray job submit -- python -m jobs.train …` needs no runtime env
+        ray_env = {**env, "RAY_ADDRESS": state["ray_address"], "RAY_API_SERVER_ADDRESS": state["dashboard_url"],
+                   "AWS_ENDPOINT_URL_S3": state["s3_endpoint"], "MLFLOW_TRACKING_URI": f"http://{HOST}:{ml_port}"}  # fmt: skip
+        pid = _spawn(head, logs / "ray-head.log", ray_env)
+        record("ray-head", pid)
         _wait("Ray head", lambda: _http_ok(state["dashboard_url"] + "/api/version", ray_auth_headers()), 120, pid, logs / "ray-head.log")
+        # one node at a time, each retried: `ray start` gives a raylet a fixed 30 s to register, which a loaded
+        # 2-core machine can miss (it then exits with "The current node timed out during startup")
         for i, worker in enumerate(WORKERS, start=1):
-            args = [_bin("ray"), "start", f"--address={state['ray_address']}", f"--num-cpus={worker['cpus']}",
-                    f'--resources={{"{worker["name"]}": 1}}', *_ray_node_args(_node_ports(i))]  # fmt: skip
-            log = logs / f"ray-{worker['name']}.log"
-            record(f"ray-{worker['name']}", _spawn(args, log, env))
-        _wait_nodes(state, 1 + len(WORKERS), 120)
+            name = f"ray-{worker['name']}"
+            for attempt in range(1, 4):
+                args = [_bin("ray"), "start", f"--address={state['ray_address']}", f"--num-cpus={worker['cpus']}",
+                        f'--resources={{"{worker["name"]}": 1}}', *_ray_node_args(_node_ports(i), state["ray_temp_dir"])]  # fmt: skip
+                pid = _spawn(args, logs / f"{name}.log", ray_env)
+                record(name, pid)
+                try:
+                    _wait_nodes(state, 1 + i, 120)
+                    break
+                except RuntimeError:
+                    if _alive(pid) or attempt == 3:
+                        raise
+                    _stop_group(pid)  # whatever that attempt left
+                    print(f"{name} did not register in time (attempt {attempt}); starting it again", file=sys.stderr)
 
-        ml_port = free_port()
         ml_env = {**env, "MLFLOW_S3_ENDPOINT_URL": state["s3_endpoint"]}
         ml = [_bin("mlflow"), "server", "--backend-store-uri", f"sqlite:///{state_dir / 'mlflow.db'}",
               "--artifacts-destination", "s3://mlflow-artifacts", "--host", HOST, "--port", str(ml_port), "--workers", "1"]  # fmt: skip

@@ -89,10 +89,11 @@ class NotATensor:
     pass
 
 
-def test_pickled_code_is_refused(tmp_path, tiny):
+@pytest.mark.parametrize("hostile", ["model.pt", "train_state.pt"])
+def test_pickled_code_is_refused(tmp_path, tiny, hostile):
     cfg, model = tiny
-    save_checkpoint(tmp_path, model, cfg)
-    torch.save({"weight": NotATensor()}, tmp_path / "model.pt")  # what a hostile checkpoint would carry
+    save_checkpoint(tmp_path, model, cfg, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    torch.save({"weight": NotATensor()}, tmp_path / hostile)  # what a hostile checkpoint would carry
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         read_checkpoint(tmp_path)
 

@@ -84,8 +84,9 @@ def test_unsafe_entries_are_refused_and_never_read(maker, raw, tmp_path):
     assert not (tmp_path / "img_90.jpg").exists()
 
 
-def test_limits_refuse_oversized_archives(raw, tmp_path):
-    archive = _zip(tmp_path / "big.zip", _files(raw, "images") | _files(raw, "annotations"))
+@pytest.mark.parametrize("maker", [_zip, _tar], ids=["zip", "tar.gz"])
+def test_limits_refuse_oversized_archives(maker, raw, tmp_path):
+    archive = maker(tmp_path / f"big{'.zip' if maker is _zip else '.tar.gz'}", _files(raw, "images") | _files(raw, "annotations"))
     with pytest.raises(IngestError, match="entries exceed the limit of 4"):
         ingest("icdar2015", str(archive), str(tmp_path / "o1"), "train", progress=quiet, limits=Limits(max_entries=4))
     with pytest.raises(IngestError, match="unpacked bytes exceed the limit"):
