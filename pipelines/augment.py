@@ -74,13 +74,11 @@ def manifest_shards(manifest_uri: str, split: str) -> Shards:
     """Only the files manifest.json lists (never a glob: a half-written or stray file is not data)."""
     manifest = read_manifest(manifest_uri)
     files = manifest.get("files", {})
+    root = storage.resolve(manifest_uri)  # root.uri: the URI without any `user:secret@` part, for messages
     if split not in files:
-        raise ValueError(
-            f"{manifest_uri}/manifest.json: no split {split!r} under 'files' (have {sorted(files)})"
-        )
+        raise ValueError(f"{root.uri}/manifest.json: no split {split!r} under 'files' (have {sorted(files)})")
     if not files[split]:
-        raise ValueError(f"{manifest_uri}/manifest.json: split {split!r} lists no shards (0 rows ingested?)")
-    root = storage.resolve(manifest_uri)
+        raise ValueError(f"{root.uri}/manifest.json: split {split!r} lists no shards (0 rows ingested?)")
     return Shards(root.fs, [root.join(rel).path for rel in files[split]], manifest_uri)
 
 
