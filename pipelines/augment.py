@@ -397,12 +397,14 @@ def train_dataset(
     batch_size: int = MAP_BATCH_SIZE,
     num_workers: int = NUM_WORKERS,
     cpus_per_task: float = 1.0,
+    object_store_budget_gib: float | None = None,
 ) -> ray.data.Dataset:
     """Training batches from (manifest_uri, weight) sources: {"image": (B, 3, S, S) float32, <targets of
     model_cfg.head's codec>: (B, ...) float32} with S = aug_cfg.crop_size = model_cfg.input_size.
 
     `epoch`: the epoch of the first pass (a resumed run passes the epoch it resumes at). `cpus_per_task`: CPUs
-    each read / augmentation task reserves (lower it when trainer workers hold the machine's CPUs)."""
+    each read / augmentation task reserves (lower it when trainer workers hold the machine's CPUs).
+    `object_store_budget_gib`: cap on the object-store memory the stream may fill (`with_budget`)."""
     from tcm.build import build_codec  # driver only: see the module docstring
 
     check_sizes(model_cfg, aug_cfg)
@@ -420,7 +422,7 @@ def train_dataset(
         # blocks of <= 128 MB as it is produced (measured: benchmarks/ingest_throughput.py)
         rows_per_block=TASK_ROWS_PER_BATCH * batch_size,
     )
-    return rows.map_batches(
+    encoded = rows.map_batches(
         _encode_batch_ray,
         batch_size=batch_size,
         batch_format="pyarrow",
@@ -428,6 +430,19 @@ def train_dataset(
         num_cpus=cpus_per_task,
         fn_kwargs={"codec": codec, "model_cfg": model_cfg, "aug_cfg": aug_cfg, "seed": seed, "epoch": epoch},
     )
+    with_budget(encoded.context.execution_options, object_store_budget_gib)
+    return encoded
+
+
+def with_budget(options: ray.data.ExecutionOptions, budget_gib: float | None) -> ray.data.ExecutionOptions:
+    """Cap the object-store memory a streaming execution may fill (in place; None leaves Ray's default).
+
+    Ray Train replaces a split dataset's options with its own (`ray.train.DataConfig`): the trainer passes
+    options built here too (pipelines/train.py), so the cap holds under Train as well."""
+    if budget_gib is not None:
+        limits = options.resource_limits
+        options.resource_limits = limits.copy(object_store_memory=int(budget_gib * 2**30))
+    return options
 
 
 def eval_dataset(

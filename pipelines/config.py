@@ -111,6 +111,10 @@ class DataConfig(Strict):
     map_batch_size: int = Field(4, gt=0)  # rows per augmentation call: 4 x (image + DB maps) at 640 ~ 60 MB
     num_workers: int = Field(2, gt=0)  # concurrent augmentation tasks (2-core CI machine; raise on a cluster)
     cpus_per_task: float = Field(1.0, gt=0)  # CPUs each augmentation task reserves (fractional on small CI)
+    # Ray Data's object-store budget for the augmentation stream: blocks waiting for the trainer stop there, so
+    # memory stays flat however long the epoch (1 GiB ~ 10 batches of 8 at 640 px with DB maps; measured in
+    # benchmarks/ingest_throughput.py). None: Ray's default share of the whole object store
+    object_store_budget_gib: float | None = Field(1.0, gt=0)
 
 
 class OptimConfig(Strict):

@@ -328,7 +328,8 @@ def _log_evaluation(
     """One MLflow run per (model, data): evaluating the same pair again updates that run."""
     data = ",".join(f"{r.uri}#{r.split}" for r in refs)
     experiment_id = registry.ensure_experiment(
-        tracking_uri, cfg.mlflow.experiment, registry.store_artifact_location(cfg.mlflow, tracking_uri)
+        tracking_uri, cfg.mlflow.experiment, registry.store_artifact_location(cfg.mlflow, tracking_uri),
+        configured=cfg.mlflow.artifact_location is not None,
     )
     run_id, _ = registry.get_or_create_run(
         tracking_uri,

@@ -73,12 +73,15 @@ def store_artifact_location(mcfg: MlflowConfig, tracking_uri: str) -> str | None
     return None
 
 
-def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None) -> str:
-    """Id of the experiment `name`, created with `artifact_location` when new (an existing one keeps its own)."""
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None = None, *, configured: bool = True) -> str:
+    """Id of the experiment `name`, created with `artifact_location` when new (an existing one keeps its own).
+
+    `configured`: the location is the user's (warn when the existing experiment stores elsewhere), not a default
+    derived from the storage path or the store (train and evaluate derive different ones; no warning then)."""
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
-        if artifact_location and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
+        if configured and artifact_location and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
             log.warning(
                 "MLflow experiment %r already stores artifacts at %s (not %s)",
                 name,

@@ -17,9 +17,10 @@ import typer
 
 JOBS = ("train", "tune", "evaluate", "retrain", "pipeline", "cross_eval")
 TERMINAL = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 2}
-# what the driver of a job needs from the submitter's environment (credentials are passed, never printed)
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL")  # fmt: skip
+# what the driver of a job needs from the submitter's environment: where S3 and MLflow are. Credentials are NOT
+# forwarded: Ray records a job's runtime_env in its logs and dashboard, so keys travel only through the cluster's
+# own environment (node env, Kubernetes secret, IAM role) -- as the local stack and infra/k8s set them
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL")
 
 
 def entrypoint(job: str, config: str, extra: list[str] | None = None) -> str:

@@ -185,11 +185,23 @@ def build_datasets(cfg: ExperimentConfig, first_epoch: int = 1) -> dict[str, Any
             batch_size=d.map_batch_size,
             num_workers=d.num_workers,
             cpus_per_task=d.cpus_per_task,
+            object_store_budget_gib=d.object_store_budget_gib,
         )
     }
     if d.val:
         datasets["val"] = eval_datasets(cfg, d.val)
     return datasets
+
+
+def ingest_config(cfg: ExperimentConfig) -> Any:
+    """Train's data config: train split across workers (every worker sees all of val and evaluates its own slice
+    by id hash), with the object-store budget on the train stream (Train replaces a dataset's own options)."""
+    import ray.train
+
+    from pipelines.augment import with_budget
+
+    options = with_budget(ray.train.DataConfig.default_ingest_options(), cfg.data.object_store_budget_gib)
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": options})
 
 
 def eval_datasets(cfg: ExperimentConfig, refs: Sequence[Any], detector: Any = None) -> Any:
@@ -265,7 +277,8 @@ def build_trainer(
     tags = data_hashes(cfg)
     tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.resolved_tracking_uri())
     experiment_id = registry.ensure_experiment(
-        tracking_uri, cfg.mlflow.experiment, registry.default_artifact_location(cfg.mlflow, cfg.train.storage_path)
+        tracking_uri, cfg.mlflow.experiment, registry.default_artifact_location(cfg.mlflow, cfg.train.storage_path),
+        configured=cfg.mlflow.artifact_location is not None,
     )
     key = registry.run_key(cfg.name, cfg.train.storage_path)
     run_id, resumed = registry.get_or_create_run(
@@ -307,8 +320,7 @@ def build_trainer(
             worker_runtime_env={"env_vars": worker_env()},
         ),
         datasets=build_datasets(cfg, latest_epoch(cfg.train.storage_path, cfg.name) + 1),
-        # train is split across workers; every worker sees all of val and evaluates its own slice by id hash
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ingest_config(cfg),
     )
     return BuiltTrainer(trainer, tracking_uri, run_id, resumed, experiment_id)
 

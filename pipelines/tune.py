@@ -114,7 +114,8 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
     check_storage(cfg.train.storage_path, sweep_name)
     tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.resolved_tracking_uri())
     experiment_id = registry.ensure_experiment(
-        tracking_uri, cfg.mlflow.experiment, registry.default_artifact_location(cfg.mlflow, cfg.train.storage_path)
+        tracking_uri, cfg.mlflow.experiment, registry.default_artifact_location(cfg.mlflow, cfg.train.storage_path),
+        configured=cfg.mlflow.artifact_location is not None,
     )
     parent_id, _ = registry.get_or_create_run(
         tracking_uri,

@@ -152,7 +152,9 @@ class DetectorConfig:
             text_layers=2,
         )
         tcm = TCMConfig(decoder_width=32, decoder_heads=2, decoder_layers=1, **tcm_overrides)
-        head = head or DBHeadConfig(neck_channels=32)
+        # DB neck 64 (prob/thresh branches 16 wide): at 32 the 8-channel branches of a randomly initialised
+        # model collapse to a constant map (all ReLUs dead) within ~100 steps and stay there for hundreds more
+        head = head or DBHeadConfig(neck_channels=64)
         return DetectorConfig(clip=clip, tcm=tcm, head=head, input_size=128)
 
     def with_head(self, head: HeadConfig) -> DetectorConfig:

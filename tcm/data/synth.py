@@ -55,6 +55,7 @@ class Layout:
     has_text: bool = True  # False: the format stores no transcription (TD500) -> text ""
     ignore_fraction: float = 0.1  # share of don't-care words (blurred, low contrast)
     tiny_fraction: float = 0.1  # share of words whose short side is < 8 px (DB's min_text_size)
+    distractors: tuple[int, int] = (3, 11)  # shapes and lines drawn under the words, inclusive range per image
     key_format: str = "{k}"  # image key of the k-th image (1-based), as the dataset numbers its images
 
 
@@ -95,7 +96,7 @@ class Rendered:
 # ---------------------------------------------------------------------------------------------- background
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+def _background(rng: np.random.Generator, height: int, width: int, distractors: tuple[int, int] = (3, 11)) -> np.ndarray:
     """Gradient + blotchy low-frequency texture + random shapes and lines + pixel noise."""
     H, W = height, width
     G = 8  # low-resolution grid of the smooth part (gradient + blotches), upsampled once: cheap at any size
@@ -107,7 +108,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     smooth = c0 + (c1 - c0) * t[..., None] + rng.normal(0, rng.uniform(5, 30), (G, G, 3))  # (G, G, 3)
     smooth = np.clip(smooth, 0, 255).astype(np.uint8)
     img = cv2.resize(smooth, (W, H), interpolation=cv2.INTER_LINEAR)  # (H, W, 3)
-    for _ in range(int(rng.integers(3, 12))):
+    for _ in range(int(rng.integers(distractors[0], distractors[1] + 1))):
         colour = tuple(int(v) for v in rng.integers(0, 256, 3))
         p = rng.integers(0, [W, H], (2, 2))  # two random points
         match int(rng.integers(0, 4)):
@@ -344,7 +345,7 @@ def render_layers(
 ) -> Rendered:
     """Background, image and exact instances. See `render_image`."""
     H, W = height, width
-    background = _background(rng, H, W)
+    background = _background(rng, H, W, layout.distractors)
     img = background.copy()  # (H, W, 3) uint8; words never overlap, so each is blended once
     placed: list[shapely.Polygon] = []
     instances: list[Instance] = []
@@ -424,6 +425,7 @@ def write_dataset(
     split: str = "train",
     height: int = 256,  # small and fast default; real datasets are 720p and up
     width: int = 256,
+    layout: Layout | None = None,  # None: everything the format can store (`layout_for(fmt)`)
 ) -> list[tuple[str, list[Instance]]]:
     """Write n images (JPEG q95) and annotations in format `fmt` to out_dir/<split>/{images,annotations}/.
 
@@ -431,7 +433,7 @@ def write_dataset(
     (1-based) depends only on (seed, split, k). Returns (image file name, instances as written) per image.
     """
     form = get_format(fmt)
-    layout = layout_for(fmt)
+    layout = layout or layout_for(fmt)
     images = Path(out_dir) / split / "images"
     annotations = Path(out_dir) / split / "annotations"
     images.mkdir(parents=True, exist_ok=True)

@@ -215,3 +215,18 @@ def test_eval_dataset_keeps_id_scale_and_ground_truth(synth):
         src = original[r["id"]]
         assert ignore == src["ignore"]
         assert [p.reshape(-1).tolist() for p in polys] == src["polygons"]
+
+
+def test_object_store_budget_caps_the_stream_and_survives_train_ingest(synth):
+    """The budget reaches the dataset's own execution options and the options Ray Train gives the shards."""
+    from pipelines.config import ExperimentConfig
+    from pipelines.train import ingest_config
+
+    ds = train_dataset([(synth, 1.0)], "train", MODEL, AUG, seed=0, object_store_budget_gib=0.5)
+    assert ds.context.execution_options.resource_limits.object_store_memory == 0.5 * 2**30
+    assert sum(len(b["image"]) for b in _batches(ds)) == 6  # a small budget still streams every row
+    cfg = ExperimentConfig.model_validate({"model": {"preset": "tiny"}, "data": {"object_store_budget_gib": 0.25}})
+    options = ingest_config(cfg)._resolve_execution_options("train")
+    assert options.resource_limits.object_store_memory == 0.25 * 2**30
+    unbounded = ExperimentConfig.model_validate({"model": {"preset": "tiny"}, "data": {"object_store_budget_gib": None}})
+    assert ingest_config(unbounded)._resolve_execution_options("train").resource_limits.object_store_memory != 0.25 * 2**30
