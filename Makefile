@@ -14,9 +14,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@echo "setting up $(VENV) (first run only: torch, ray, mlflow, ...)"
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | { grep -v 'is ignored: it is neither' || true; }
-	@# --no-compile: byte-compiling all of torch/ray/mlflow up front costs a minute of a fresh clone's
-	@# `make demo`; Python compiles the modules actually imported on first use instead
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(BIN)/python -m pip install --quiet -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	@touch $(STAMP)
 
 demo: setup
