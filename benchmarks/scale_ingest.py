@@ -4,7 +4,8 @@ For each size N, in a fresh process with its own local Ray (2 CPUs):
 1. ingest  - `pipelines.ingest.ingest` of N synthetic IC15-format images (JPEG + gt txt, `tcm.data.synth`) from a
              local folder into local Parquet shards + manifest (validation, quarantine, hashing: the real path);
 2. epoch   - one augmentation epoch over those shards through `pipelines.augment.train_dataset` (Ray Data:
-             decode, augment, crop, DB targets), consumed with `iter_torch_batches` as a trainer does.
+             decode, augment, crop, DB targets), consumed with `iter_torch_batches` as a trainer does, with the
+             pipeline's default object-store budget (`data.object_store_budget_gib`).
 Peak memory of each phase = the highest sum of PSS over the driver and every process below it (GCS, raylet
 with the object store's shared memory, agents, Ray workers), sampled every 0.2 s by the sampler of
 benchmarks/ingest_throughput.py. The N images are rendered once (2 processes) and cached in --workdir; the
@@ -34,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ingest_throughput import PeakSampler, _pss_bytes, _tree, write_section  # noqa: E402
+from benchmarks.ingest_throughput import PIPELINE_BUDGET_GIB, PeakSampler, _pss_bytes, _tree, write_section  # noqa: E402
 from tcm.data.formats import get_format  # noqa: E402
 from tcm.data.synth import image_rng, layout_for, render_image, write_dataset  # noqa: E402
 
@@ -155,7 +156,10 @@ def child(src: Path, dst: Path, crop: int, batch: int) -> None:
     aug = AugmentConfig(crop_size=crop)
 
     def run_epoch(progress: list[int]) -> dict:
-        ds = train_dataset([(str(dst), 1.0)], SPLIT, model, aug, seed=SEED, batch_size=batch, num_workers=WORKERS)
+        ds = train_dataset(
+            [(str(dst), 1.0)], SPLIT, model, aug, seed=SEED, batch_size=batch, num_workers=WORKERS,
+            object_store_budget_gib=PIPELINE_BUDGET_GIB,  # the object-store budget `tcm train` streams with
+        )
         for b in ds.iter_torch_batches(batch_size=batch):
             progress[0] += len(b["image"])
         return {"images": progress[0]}
@@ -228,7 +232,8 @@ def main() -> None:
         " `tcm.data.synth`), for each N in a fresh process with its own local Ray (2 CPUs): (1) `pipelines.ingest."
         "ingest` from the local folder into local Parquet shards + manifest (validation, quarantine and hashing"
         f" included); (2) one augmentation epoch over those shards through `pipelines.augment.train_dataset` (crop"
-        f" {args.crop}, DB targets, {args.batch} rows per augmentation call, {WORKERS} tasks) read with"
+        f" {args.crop}, DB targets, {args.batch} rows per augmentation call, {WORKERS} tasks, object-store budget"
+        f" {PIPELINE_BUDGET_GIB:g} GiB = the pipeline's default) read with"
         f" `iter_torch_batches(batch_size={args.batch})`. Peak = highest sum of PSS over the driver and every process"
         " below it (GCS, raylet with the object store's shared memory, agents, Ray workers), sampled every 0.2 s"
         " (the sampler of `benchmarks/ingest_throughput.py`); idle = that sum just before the phase starts.",

@@ -112,9 +112,11 @@ class DataConfig(Strict):
     num_workers: int = Field(2, gt=0)  # concurrent augmentation tasks (2-core CI machine; raise on a cluster)
     cpus_per_task: float = Field(1.0, gt=0)  # CPUs each augmentation task reserves (fractional on small CI)
     # Ray Data's object-store budget for the augmentation stream: blocks waiting for the trainer stop there, so
-    # memory stays flat however long the epoch (1 GiB ~ 10 batches of 8 at 640 px with DB maps; measured in
-    # benchmarks/ingest_throughput.py). None: Ray's default share of the whole object store
-    object_store_budget_gib: float | None = Field(1.0, gt=0)
+    # memory stays bounded however long the epoch. 2 GiB holds ~4 augmentation tasks' output at 640 px (32 rows
+    # of image + DB maps ~ 0.47 GB each), so both tasks keep running while the trainer drains: 33 img/s on 2
+    # cores, as fast as a DataLoader; 1 GiB stalls them (26-29 img/s). None: Ray's default share of the object
+    # store (benchmarks/ingest_throughput.py)
+    object_store_budget_gib: float | None = Field(2.0, gt=0)
 
 
 class OptimConfig(Strict):
