@@ -245,3 +245,18 @@ def test_legible_words_contrast_with_their_background():
             px = r.image[ys[inside].astype(int), xs[inside].astype(int)].astype(float)  # (M, 3)
             bg = r.background[ys[inside].astype(int), xs[inside].astype(int)].astype(float)
             assert np.abs(px - bg).max(axis=1).max() >= 60  # the strongest ink pixel stands out
+
+
+def test_layout_override_reaches_the_written_dataset(tmp_path: Path):
+    """`write_dataset(layout=...)`: no tiny and no don't-care words, and a clutter-free background."""
+    import dataclasses
+
+    from tcm.geometry import rect_short_side
+
+    clean = dataclasses.replace(synth.layout_for("icdar2015"), tiny_fraction=0.0, ignore_fraction=0.0, distractors=(0, 0))
+    written = synth.write_dataset("icdar2015", tmp_path, n=12, seed=0, layout=clean)
+    instances = [i for _, inst in written for i in inst]
+    assert instances and not any(i.ignore for i in instances)
+    assert min(rect_short_side(i.points) for i in instances) >= 8
+    default = synth.write_dataset("icdar2015", tmp_path / "d", n=12, seed=0)
+    assert any(i.ignore for _, inst in default for i in inst)  # the default layout has don't-care words
