@@ -96,8 +96,8 @@ class Rendered:
 # ---------------------------------------------------------------------------------------------- background
 
 
-def _background(rng: np.random.Generator, height: int, width: int, distractors: tuple[int, int] = (3, 11)) -> np.ndarray:
-    """Gradient + blotchy low-frequency texture + random shapes and lines + pixel noise."""
+def _background(rng: np.random.Generator, height: int, width: int, distractors: tuple[int, int]) -> np.ndarray:
+    """Gradient + blotchy low-frequency texture + `distractors` (lo, hi) random shapes and lines + pixel noise."""
     H, W = height, width
     G = 8  # low-resolution grid of the smooth part (gradient + blotches), upsampled once: cheap at any size
     c0, c1 = rng.uniform(0, 255, (2, 3))
