@@ -1,8 +1,11 @@
 """Ray Data pipeline: ingested Parquet shards -> augmented, normalised images with their head targets.
 
     manifest.json ──▶ listed shards only ──read_parquet──▶ few-shot subset (fraction) ──▶ copies / subsample
-    per source (mixing weights) ──mix──▶ map_batches(decode → augment → jitter → normalise → codec.encode)
-    ──▶ {"image": (B, 3, S, S) float32, <codec keys>: (B, ...) float32}
+    per source (mixing weights) ──▶ decode → augment → jitter → normalise → codec.encode ──mix──▶
+    {"image": (B, 3, S, S) float32, <codec keys>: (B, ...) float32}
+
+Per source, everything up to codec.encode runs in one fused Ray task per shard (read included), so the object
+store only ever holds augmented batches, within the stream's budget (`with_budget`).
 
 The per-batch work is the plain function `encode_batch` (and `augment_row` / `encode_sample` below it), so a
 torch DataLoader or a benchmark runs exactly the code Ray Data runs. The codec is built on the driver
@@ -31,7 +34,7 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +61,10 @@ from tcm.data.transforms import (
 ROW_COLUMNS = ["id", "image", "polygons", "ignore"]  # all the pipeline reads of a unified row
 MAP_BATCH_SIZE = 4  # rows per encode_batch call: a row is ~14 MB of float32 at 640 (image + DB maps)
 NUM_WORKERS = 2  # concurrent augmentation tasks: the 2-core CI machine; raise on a cluster
-TASK_ROWS_PER_BATCH = 8  # encode_batch calls per Ray task (see train_dataset)
+# largest block an augmentation task stores (Ray's default 128): a fused task encodes a whole shard, and with
+# 128 MiB blocks each task and the trainer's prefetch held ~128 MB more (2 000 vs 20 000 images at 128 px, one
+# epoch: peak 2.85 / 2.95 GiB with 128, 2.21 / 2.30 with 16; benchmarks/scale_ingest.py)
+TRAIN_BLOCK_MIB = 16
 
 
 @dataclass(frozen=True)
@@ -192,10 +198,13 @@ def encode_batch(
     return {key: np.stack([s[key] for s in samples]) for key in samples[0]}  # each (B, ...)
 
 
-def _encode_batch_ray(batch: pa.Table, **kwargs: Any) -> dict[str, np.ndarray]:
-    """`encode_batch` with the epoch advanced by the Dataset's pass count (see the module docstring)."""
+def _encode_block_ray(block: pa.Table, *, batch_size: int, **kwargs: Any) -> Iterator[dict[str, np.ndarray]]:
+    """`encode_batch` over a whole read block, `batch_size` rows per call, each result yielded as soon as it is
+    made; the epoch advanced by the Dataset's pass count (see the module docstring). Batching here rather than
+    through map_batches(batch_size=...) lets Ray Data fuse the augmentation into the read task (train_dataset)."""
     kwargs["epoch"] += _pass_index()
-    return encode_batch(batch, **kwargs)
+    for start in range(0, block.num_rows, batch_size):
+        yield encode_batch(block.slice(start, batch_size), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -339,11 +348,12 @@ def select_rows(
     cpus_per_task: float = 1.0,
     columns: Sequence[str] = ROW_COLUMNS,
     shuffle_files: bool = True,
-    rows_per_block: int | None = None,
+    per_source: Callable[[ray.data.Dataset], ray.data.Dataset] | None = None,
 ) -> ray.data.Dataset:
-    """The rows of one epoch, before augmentation: `columns` + `repeat`, sources mixed by their weights.
-    `shuffle_files`: read the shards in a new (seeded) order on every pass. `rows_per_block`: split the read into
-    blocks of about this many rows (one augmentation task each; None: Ray's default split)."""
+    """The rows of one epoch: `columns` + `repeat`, sources mixed by their weights.
+    `shuffle_files`: read the shards in a new (seeded) order on every pass. `per_source`: a map applied to each
+    source's rows before mixing, inside its read tasks: one task per shard, `num_workers` at a time (without it,
+    Ray splits the read as it sees fit)."""
     if not sources:
         raise ValueError("train data: no sources given")
     shards = [manifest_shards(uri, split) for uri, _ in sources]
@@ -353,7 +363,7 @@ def select_rows(
     else:
         plan = mixing_plan([count_rows(s, fraction) for s in shards], weights)
     compute = ray.data.TaskPoolStrategy(size=num_workers)
-    per_source = []
+    sources_rows = []
     for src, keeps in zip(shards, plan, strict=True):
         with _parquet_reader_v1():
             rows = ray.data.read_parquet(
@@ -364,22 +374,23 @@ def select_rows(
                 if shuffle_files
                 else None,
                 num_cpus=cpus_per_task,
-                override_num_blocks=math.ceil(num_rows(src) / rows_per_block) if rows_per_block else None,
+                # fused read + map: one block per shard (a split read is not fused) and the maps' task limit
+                concurrency=num_workers if per_source else None,
+                override_num_blocks=len(src.paths) if per_source else None,
             ).select_columns(list(columns))
-        per_source.append(
-            rows.map_batches(
-                _select,
-                batch_format="pyarrow",
-                compute=compute,
-                num_cpus=cpus_per_task,
-                fn_kwargs={"fraction": fraction, "keeps": keeps, "seed": seed, "epoch": epoch},
-            )
+        rows = rows.map_batches(
+            _select,
+            batch_format="pyarrow",
+            compute=compute,
+            num_cpus=cpus_per_task,
+            fn_kwargs={"fraction": fraction, "keeps": keeps, "seed": seed, "epoch": epoch},
         )
-    if len(per_source) == 1:
-        return per_source[0]
+        sources_rows.append(per_source(rows) if per_source else rows)
+    if len(sources_rows) == 1:
+        return sources_rows[0]
     # keeps the ratio throughout the epoch; every row is produced (the plan already fixed the counts)
-    return per_source[0].mix(
-        *per_source[1:],
+    return sources_rows[0].mix(
+        *sources_rows[1:],
         weights=weights,
         stopping_condition=ray.data.MixStoppingCondition.STOP_ON_LONGEST_DROP,
     )
@@ -409,7 +420,23 @@ def train_dataset(
 
     check_sizes(model_cfg, aug_cfg)
     codec = build_codec(model_cfg.head)
-    rows = select_rows(
+
+    def augment(rows: ray.data.Dataset) -> ray.data.Dataset:
+        # In the read task itself (one per shard, its outputs leaving as they are made): only augmented blocks
+        # are ever stored. A separate read operator ran ahead of the augmentation and queued the raw images,
+        # up to its share of the object-store budget: 0.6 GB for 20 000 images, ~0 for 2 000
+        # (benchmarks/scale_ingest.py), so memory grew with the dataset until that cap.
+        return rows.map_batches(
+            _encode_block_ray,
+            batch_size=None,  # the whole block: encode batches inside (`_encode_block_ray`), or no fusion
+            batch_format="pyarrow",
+            compute=ray.data.TaskPoolStrategy(size=num_workers),
+            num_cpus=cpus_per_task,
+            fn_kwargs={"codec": codec, "model_cfg": model_cfg, "aug_cfg": aug_cfg, "seed": seed, "epoch": epoch,
+                       "batch_size": batch_size},  # fmt: skip
+        )
+
+    encoded = select_rows(
         sources,
         split,
         seed=seed,
@@ -417,20 +444,10 @@ def train_dataset(
         epoch=epoch,
         num_workers=num_workers,
         cpus_per_task=cpus_per_task,
-        # rows per augmentation task, whatever the shard size: Ray spends ~0.1-0.2 s per task (lease, arguments,
-        # storing the result), so a task gets ~1.5 s of work (32 rows at 640); its output still leaves in
-        # blocks of <= 128 MB as it is produced (measured: benchmarks/ingest_throughput.py)
-        rows_per_block=TASK_ROWS_PER_BATCH * batch_size,
-    )
-    encoded = rows.map_batches(
-        _encode_batch_ray,
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.TaskPoolStrategy(size=num_workers),
-        num_cpus=cpus_per_task,
-        fn_kwargs={"codec": codec, "model_cfg": model_cfg, "aug_cfg": aug_cfg, "seed": seed, "epoch": epoch},
+        per_source=augment,
     )
     with_budget(encoded.context.execution_options, object_store_budget_gib)
+    encoded.context.target_max_block_size = TRAIN_BLOCK_MIB * 2**20
     return encoded
 
 

@@ -15,6 +15,7 @@ import pytest
 import ray
 
 from pipelines.augment import (
+    TRAIN_BLOCK_MIB,
     encode_batch,
     eval_dataset,
     in_fraction,
@@ -230,3 +231,19 @@ def test_object_store_budget_caps_the_stream_and_survives_train_ingest(synth):
     assert options.resource_limits.object_store_memory == 0.25 * 2**30
     unbounded = ExperimentConfig.model_validate({"model": {"preset": "tiny"}, "data": {"object_store_budget_gib": None}})
     assert ingest_config(unbounded)._resolve_execution_options("train").resource_limits.object_store_memory != 0.25 * 2**30
+
+
+def test_each_shard_is_read_and_augmented_in_one_task(tmp_path):
+    """No separate read operator: it would run ahead of the augmentation and queue raw images in the object
+    store, so memory would grow with the dataset (benchmarks/scale_ingest.py). Two sources: fused per source."""
+    a = write_shards(tmp_path / "a", "a", 6, rows_per_shard=3)
+    b = write_shards(tmp_path / "b", "b", 4, rows_per_shard=2)
+    ds = train_dataset([(a, 1.0), (b, 1.0)], "train", MODEL, AUG, seed=0, batch_size=2)
+    selected = select_rows([(a, 1.0), (b, 1.0)], "train", seed=0, columns=["id"]).count()  # not fused
+    assert sum(len(batch["image"]) for batch in _batches(ds)) == selected
+    stats = ds.stats()
+    fused = "ReadParquet->MapBatches(_select)->MapBatches(_encode_block_ray)"
+    assert f"{fused}: 2 tasks executed" in stats, stats  # one task per shard (Ray reports the first source)
+    assert f"Operator 2 {fused}" in stats, stats  # the second source's read is fused too
+    assert "ReadParquet:" not in stats and "SplitBlocks" not in stats, stats
+    assert ds.context.target_max_block_size == TRAIN_BLOCK_MIB * 2**20
