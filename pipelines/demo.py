@@ -215,6 +215,10 @@ def _print_table(summary: dict, results: dict[str, dict], sweep, plan: DemoPlan)
                 f"{t.trial_id:<24} {p['num_prompts']:>7} {p['image_encoder_lr_factor']:>9.3g} "
                 f"{p['text_encoder_lr_factor']:>9.3g} {t.val_hmean:>9.3f}"
             )
+        typer.echo(
+            f"(each trial: {plan.sweep_epochs} x {plan.sweep_steps} steps from random weights, far from the "
+            f"{plan.epochs} epochs above: it shows Tune, ASHA and the MLflow parent/child runs, not a search)"
+        )
     typer.echo("")
     typer.echo(f"demo finished in {summary['timings_s']['total']:.0f} s; summary: {plan.workdir / 'demo_summary.json'}")
     typer.echo(f"MLflow run {summary['mlflow_run_id']}; look at everything with:")

@@ -157,6 +157,9 @@ def test_demo_config_keeps_everything_in_the_working_folder(tmp_path):
     assert cfg.train.storage_path == str(tmp_path / "runs") and cfg.train.epochs == 3
     assert cfg.mlflow.resolved_tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert [r.split for r in cfg.data.train] == ["train"] and [r.split for r in cfg.data.val] == ["val"]
-    # one trainer worker holding a whole core; the held-out split tested at the demo's VAL_SIZE
-    assert cfg.detector() == DetectorConfig.tiny() and (cfg.train.num_workers, cfg.train.cpus_per_worker) == (1, 1.0)
+    # tiny TCM-DB with the calibrated box threshold; one trainer worker holding a whole core; the held-out split
+    # tested at the demo's VAL_SIZE
+    tiny = DetectorConfig.tiny()
+    assert cfg.detector() == tiny.with_head(dataclasses.replace(tiny.head, box_thresh=0.4))
+    assert (cfg.train.num_workers, cfg.train.cpus_per_worker) == (1, 1.0)
     assert cfg.data.val_long_side == cfg.data.val_canvas == 192
