@@ -78,8 +78,14 @@ class BucketLock:
         path = self.uri.removeprefix("file://")
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         for _ in range(2):
+            # the whole body goes into a private file that is then hard-linked into place: the link appears with
+            # its content or not at all, and fails if a lock exists, so no contender ever reads a half-written
+            # lock (creating the lock empty and writing it after let a contender read "" and crash)
+            mine = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(mine, "wb") as f:
+                f.write(self._body())
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.link(mine, path)
             except FileExistsError:
                 with open(path) as f:
                     holder = json.load(f)
@@ -87,8 +93,8 @@ class BucketLock:
                     raise LockHeld(self._held_message(holder)) from None
                 os.unlink(path)  # expired
                 continue
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._body())
+            finally:
+                os.unlink(mine)
             return
         raise LockHeld(f"{self.uri}: lock was taken by another run just now")
 

@@ -49,7 +49,9 @@ def test_s3_lock_has_exactly_one_winner_and_expires(s3_env):
 
 
 def test_local_lock(tmp_path):
-    outcomes = _race(str(tmp_path / "retrain.lock"))
-    assert outcomes.count("won") == 1
+    for k in range(5):  # every contender either wins or is told who holds it: none reads a half-written lock
+        outcomes = _race(str(tmp_path / f"retrain-{k}.lock"))
+        assert outcomes.count("won") == 1 and outcomes.count("held") == 7, outcomes
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"retrain-{k}.lock" for k in range(5)]  # no temp left
     BucketLock(str(tmp_path / "x.lock"), ttl_s=-1).acquire()
     BucketLock(str(tmp_path / "x.lock")).acquire()  # expired lock is taken over
