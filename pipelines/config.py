@@ -112,10 +112,10 @@ class DataConfig(Strict):
     num_workers: int = Field(2, gt=0)  # concurrent augmentation tasks (2-core CI machine; raise on a cluster)
     cpus_per_task: float = Field(1.0, gt=0)  # CPUs each augmentation task reserves (fractional on small CI)
     # Ray Data's object-store budget for the augmentation stream: blocks waiting for the trainer stop there, so
-    # memory stays bounded however long the epoch. 2 GiB holds ~4 augmentation tasks' output at 640 px (32 rows
-    # of image + DB maps ~ 0.47 GB each), so both tasks keep running while the trainer drains: 33 img/s on 2
-    # cores, as fast as a DataLoader; 1 GiB stalls them (26-29 img/s). None: Ray's default share of the object
-    # store (benchmarks/ingest_throughput.py)
+    # memory stays bounded however long the epoch. 2 GiB holds ~140 rows of image + DB maps at 640 px (~14 MB a
+    # row), so both augmentation tasks keep running while the trainer drains: as fast as a DataLoader on 2 cores
+    # (ratio 1.07); 1 GiB stalled them (26-29 vs 33 img/s, measured before the read was fused with the
+    # augmentation). None: Ray's default share of the object store (benchmarks/ingest_throughput.py)
     object_store_budget_gib: float | None = Field(2.0, gt=0)
 
 
