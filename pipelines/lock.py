@@ -37,6 +37,18 @@ class BucketLock:
     def _body(self) -> bytes:
         return json.dumps({"owner": self.owner, "expires_at": time.time() + self.ttl_s}).encode()
 
+    def _holder(self, data: bytes | str) -> dict:
+        """The lock's content; something else at the lock's place is refused by name, never taken over."""
+        try:
+            holder = json.loads(data)
+            float(holder["expires_at"]), str(holder["owner"])
+        except (ValueError, TypeError, KeyError) as err:
+            raise LockHeld(
+                f"{self.uri}: not a lock this pipeline wrote ({type(err).__name__}: {err}); "
+                "delete it if no retraining run is using it"
+            ) from None
+        return holder
+
     # --- S3 -------------------------------------------------------------------------------------------------
     def _s3(self):
         import boto3
@@ -59,7 +71,7 @@ class BucketLock:
             if err.response["Error"]["Code"] not in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 raise
         current = s3.get_object(Bucket=bucket, Key=key)
-        holder = json.loads(current["Body"].read())
+        holder = self._holder(current["Body"].read())
         if holder["expires_at"] > time.time():
             raise LockHeld(self._held_message(holder))
         try:  # expired: take it over, but only if nobody else did in between
@@ -70,7 +82,7 @@ class BucketLock:
     def _release_s3(self) -> None:
         s3, (bucket, key) = self._s3(), self._where()
         current = s3.get_object(Bucket=bucket, Key=key)
-        if json.loads(current["Body"].read())["owner"] == self.owner:
+        if _owner(current["Body"].read()) == self.owner:
             s3.delete_object(Bucket=bucket, Key=key)
 
     # --- local ----------------------------------------------------------------------------------------------
@@ -87,8 +99,8 @@ class BucketLock:
             try:
                 os.link(mine, path)
             except FileExistsError:
-                with open(path) as f:
-                    holder = json.load(f)
+                with open(path, "rb") as f:
+                    holder = self._holder(f.read())
                 if holder["expires_at"] > time.time():
                     raise LockHeld(self._held_message(holder)) from None
                 os.unlink(path)  # expired
@@ -101,8 +113,8 @@ class BucketLock:
     def _release_local(self) -> None:
         path = self.uri.removeprefix("file://")
         try:
-            with open(path) as f:
-                if json.load(f)["owner"] == self.owner:
+            with open(path, "rb") as f:
+                if _owner(f.read()) == self.owner:
                     os.unlink(path)
         except FileNotFoundError:
             pass
@@ -124,3 +136,11 @@ class BucketLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _owner(data: bytes) -> str | None:
+    """Who holds a lock, for release: None when the content is not a lock (then it is not ours to delete)."""
+    try:
+        return str(json.loads(data)["owner"])
+    except (ValueError, TypeError, KeyError):
+        return None

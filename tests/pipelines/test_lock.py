@@ -55,3 +55,13 @@ def test_local_lock(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"retrain-{k}.lock" for k in range(5)]  # no temp left
     BucketLock(str(tmp_path / "x.lock"), ttl_s=-1).acquire()
     BucketLock(str(tmp_path / "x.lock")).acquire()  # expired lock is taken over
+
+
+@pytest.mark.parametrize("content", ["", "garbage", '{"owner": "x"}', "[]"])
+def test_something_else_at_the_lock_path_is_refused_by_name_and_kept(tmp_path, content):
+    path = tmp_path / "retrain.lock"
+    path.write_text(content)
+    with pytest.raises(LockHeld, match=r"retrain.lock: not a lock this pipeline wrote .*delete it if"):
+        BucketLock(str(path)).acquire()
+    BucketLock(str(path)).release()  # not ours: left alone
+    assert path.read_text() == content
