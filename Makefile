@@ -12,8 +12,9 @@ STAMP := $(VENV)/.installed
 setup: $(STAMP)
 
 # uv installs the ~7 GB of wheels (torch + its CUDA libraries, ray, mlflow) in parallel: 1.3 min where pip took
-# 3.7 on a 2-core machine. uv does not read pip's configuration, so a local mirror or constraint set there
-# (pip config get ...) is handed over (torch and torchvision are pinned in pyproject.toml); pip's "best version across all indexes" is --index-strategy unsafe-best-match.
+# 3.7 on a 2-core machine. uv does not read pip's configuration, so the extra indexes and find-links set there
+# (a local mirror: `pip config get ...`) are handed over; pip's "best version across all indexes" is
+# --index-strategy unsafe-best-match. torch and torchvision are pinned in pyproject.toml.
 pip_setting = $(shell $(PY) -m pip config get global.$(1) 2>/dev/null)
 UV_ARGS = --python $(BIN)/python --quiet --compile-bytecode --index-strategy unsafe-best-match \
 	$(foreach u,$(call pip_setting,extra-index-url),--extra-index-url $(u)) \

@@ -175,7 +175,8 @@ def run_demo(plan: DemoPlan) -> dict:
                 "train.num_overlays": 0,
                 "train.steps_per_epoch": plan.sweep_steps,
                 # one trial at a time: driver (0.1) + trainer worker (1 CPU) + augmentation (0.5) fit in 2 CPUs.
-                # Both at once on half cores was twice as slow on 2 cores (383 s vs 188 s for the sweep)
+                # Both at once on half-core workers: 383 s vs 188 s for the sweep on a loaded 2-core machine,
+                # 131 s vs 147 s on an idle one; too little to gain for the risk
                 "data.cpus_per_task": 0.5,
                 "tune.num_samples": 2,
                 "mlflow.alias": "sweep-best",  # `champion` stays on the model trained above

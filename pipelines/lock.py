@@ -49,6 +49,13 @@ class BucketLock:
             ) from None
         return holder
 
+    def _owner(self, data: bytes) -> str | None:
+        """Who holds a lock, for release: None when the content is not a lock (then it is not ours to delete)."""
+        try:
+            return str(self._holder(data)["owner"])
+        except LockHeld:
+            return None
+
     # --- S3 -------------------------------------------------------------------------------------------------
     def _s3(self):
         import boto3
@@ -82,7 +89,7 @@ class BucketLock:
     def _release_s3(self) -> None:
         s3, (bucket, key) = self._s3(), self._where()
         current = s3.get_object(Bucket=bucket, Key=key)
-        if _owner(current["Body"].read()) == self.owner:
+        if self._owner(current["Body"].read()) == self.owner:
             s3.delete_object(Bucket=bucket, Key=key)
 
     # --- local ----------------------------------------------------------------------------------------------
@@ -114,7 +121,7 @@ class BucketLock:
         path = self.uri.removeprefix("file://")
         try:
             with open(path, "rb") as f:
-                if _owner(f.read()) == self.owner:
+                if self._owner(f.read()) == self.owner:
                     os.unlink(path)
         except FileNotFoundError:
             pass
@@ -136,11 +143,3 @@ class BucketLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def _owner(data: bytes) -> str | None:
-    """Who holds a lock, for release: None when the content is not a lock (then it is not ours to delete)."""
-    try:
-        return str(json.loads(data)["owner"])
-    except (ValueError, TypeError, KeyError):
-        return None
