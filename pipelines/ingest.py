@@ -295,7 +295,7 @@ def commit(dst: Location, split: str, details: dict, row_kind: str = "detection"
     as {reason: count}; the manifest sums them over splits."""
     manifest_loc = dst.join("manifest.json")
     old = json.loads(storage.read_bytes(manifest_loc)) if storage.exists(manifest_loc) else {}
-    if old.get("row_kind", "detection") != row_kind:
+    if old and old.get("row_kind", "detection") != row_kind:  # manifests before row_kind held detection rows
         raise IngestError(
             f"{dst.uri}: holds {old.get('row_kind', 'detection')} rows; cannot add {row_kind} rows to it "
             "(use another --dst)"

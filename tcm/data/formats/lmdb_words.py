@@ -41,9 +41,9 @@ def num_samples(txn: lmdb.Transaction, path: str | Path) -> int:
     if raw is None:
         raise LmdbFormatError(f"{path}: key 'num-samples' is missing")
     try:
-        n = int(raw.decode("ascii").strip())
+        n = int(bytes(raw).decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
-        raise LmdbFormatError(f"{path}: key 'num-samples' holds {raw[:20]!r}, not a count") from None
+        raise LmdbFormatError(f"{path}: key 'num-samples' holds {bytes(raw[:20])!r}, not a count") from None
     if n < 0:
         raise LmdbFormatError(f"{path}: key 'num-samples' is negative ({n})")
     return n
@@ -81,6 +81,21 @@ def write_lmdb(path: str | Path, samples: Iterable[tuple[bytes, str]]) -> int:
                 txn.put(image_key(n), image)
                 txn.put(label_key(n), label.encode("utf-8"))
             txn.put(b"num-samples", str(n).encode())
+    finally:
+        env.close()
+    return n
+
+
+def check_keys(path: str | Path) -> int:
+    """num-samples, after checking that every image / label key it promises exists (no value is copied)."""
+    env = open_readonly(path)
+    try:
+        with env.begin(buffers=True) as txn:
+            n = num_samples(txn, path)
+            for index in range(1, n + 1):
+                for key in (image_key(index), label_key(index)):
+                    if txn.get(key) is None:
+                        raise LmdbFormatError(f"{path}: key '{key.decode()}' is missing (num-samples is {n})")
     finally:
         env.close()
     return n
