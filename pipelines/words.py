@@ -53,7 +53,7 @@ from tcm.data.crops import DegenerateError, crop_word
 from tcm.data.formats import icdar2015_words, lmdb_words
 from tcm.data.transforms import decode_image
 from tcm.data.validate import ImageError, inspect_image
-from tcm.recognition.charset import CHARSET_94, preprocess_label
+from tcm.recognition.charset import CHARSET_94, Preprocessed, preprocess_label
 
 EXAMPLES_PER_REASON = 5  # sources kept per filter / skip reason in the manifest: enough to look, never huge
 WORD_COLUMNS = ["id", "image", "label"]  # what the training stream reads of a word row
@@ -90,7 +90,7 @@ def word_row(
     except ImageError as err:
         tally.quarantined.append({"source": source, "reason": str(err)})
         return
-    done = preprocess_label(label, charset)
+    done = preprocess_label(label, charset) if label.strip() else Preprocessed(None, "empty label")
     if done.label is None:
         tally.count(tally.filtered, done.reason, source)
         return
@@ -165,7 +165,7 @@ def crop_row(row: Mapping[str, Any], tally: Tally, charset: str) -> None:
         if ignore[k]:
             tally.count(tally.skipped, "don't-care instance", f"{row_id}/{k}")
         elif not texts[k]:
-            reason = "no transcription (TD500 stores none)" if row["dataset"] == "td500" else "no transcription"
+            reason = "no transcription: TD500 stores none" if row["dataset"] == "td500" else "no transcription"
             tally.count(tally.skipped, reason, f"{row_id}/{k}")
     wanted = [k for k in range(len(polygons)) if not ignore[k] and texts[k]]
     if not wanted:
