@@ -230,7 +230,7 @@ def crop_dataset(manifest_uri: str, split: str, *, charset: str = CHARSET_94, nu
     from pipelines.augment import manifest_shards
 
     shards = manifest_shards(manifest_uri, split)
-    rows = ray.data.read_parquet(shards.paths, filesystem=shards.fs)
+    rows = ray.data.read_parquet(shards.paths, filesystem=shards.fs, override_num_blocks=len(shards.paths))
     return rows.map_batches(
         crop_batch,
         batch_format="pyarrow",

@@ -13,7 +13,8 @@ box of w x h pixels has corners (0, 0) .. (w-1, h-1) and the crop's border pixel
 - anything else (3 points, an odd count): the min-area rectangle of the points (spotting.md §6.1's fallback).
 - a crop at least 1.5 times as tall as it is wide is turned 90 degrees counter-clockwise (vertical words).
 
-Degenerate polygons raise `DegenerateError` with the reason; callers skip and count them.
+Degenerate polygons raise `DegenerateError` with the reason (its varying part in parentheses at the end, so
+callers can count by the part before it); callers skip and count them.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ def check_polygon(points: np.ndarray) -> np.ndarray:
     if not np.isfinite(pts).all():
         raise DegenerateError("non-finite coordinate")
     if abs(signed_area(pts)) < MIN_AREA:
-        raise DegenerateError(f"area {abs(signed_area(pts)):.2f} px^2 < {MIN_AREA}")
+        raise DegenerateError(f"area below {MIN_AREA:g} px^2 ({abs(signed_area(pts)):.2f})")
     (_, (rw, rh), _) = cv2.minAreaRect(pts.astype(np.float32))
     if min(rw, rh) < MIN_SIDE:
-        raise DegenerateError(f"min-area rectangle {rw:.1f} x {rh:.1f} px is thinner than {MIN_SIDE} px")
+        raise DegenerateError(f"min-area rectangle thinner than {MIN_SIDE:g} px ({rw:.1f} x {rh:.1f})")
     return pts
 
 

@@ -89,8 +89,8 @@ def test_flat_coordinates_and_three_points_use_the_min_area_rectangle():
     [
         ([[0, 0], [5, 5]], "fewer than 3 points"),
         ([[0, 0], [10, 0], [np.nan, 5], [0, 5]], "non-finite"),
-        ([[0, 0], [10, 0], [20, 0], [30, 0]], "area"),
-        ([[0, 0], [40, 0], [40, 1], [0, 1]], "thinner than"),
+        ([[0, 0], [10, 0], [20, 0], [30, 0]], r"area below 4 px\^2 \(0.00\)"),
+        ([[0, 0], [40, 0], [40, 1], [0, 1]], r"thinner than 2 px \(.*1.0.*\)"),
     ],
 )
 def test_degenerate_polygons_are_refused_with_the_reason(points, reason):

@@ -13,7 +13,7 @@ def test_lmdb_round_trip_is_one_based_and_counts(tmp_path):
     assert lmdb_words.write_lmdb(tmp_path, samples) == 2
     assert lmdb_words.check_keys(tmp_path) == 2
     got = list(lmdb_words.read_samples(tmp_path))
-    assert got == [(1, b"img-one", b"one"), (2, b"img-two", 'tw"o\\'.encode())]
+    assert got == [(1, b"img-one", b"one"), (2, b"img-two", b'tw"o\\')]
 
 
 def _raw_lmdb(path, entries: dict[bytes, bytes]) -> None:
