@@ -19,7 +19,8 @@ app = typer.Typer(
 FORMAT_HELP = "Dataset format: icdar2013, icdar2015, td500, ctw1500, totaltext, mlt17."
 WORD_FORMAT_HELP = (
     " Word (recognition) formats: lmdb (folder / s3:// prefix with data.mdb), icdar2015-words (word_<n>.png + "
-    "gt.txt), crops (--src is a detection ingest destination: its instances become rectified word crops)."
+    "gt.txt), crops (--src is a detection ingest destination: its instances become rectified word crops; "
+    "rows keep their dataset name). Details: docs/words.md."
 )
 
 
@@ -102,8 +103,9 @@ def ingest(
     quarantined = manifest["split_details"][split]["quarantined"]
     for q in quarantined:
         log(f"quarantined {q['source']}: {q['reason']}")
-    for reason, count in manifest["split_details"][split].get("filtered", {}).items():
-        log(f"filtered {count} label(s): {reason}")
+    for kind in ("filtered", "skipped"):  # word formats: labels dropped by preprocessing, unusable instances
+        for reason, count in manifest["split_details"][split].get(kind, {}).items():
+            log(f"{kind} {count}: {reason}")
     if strict and quarantined:
         fail(f"{len(quarantined)} item(s) quarantined and --strict is set")
 
