@@ -18,6 +18,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,16 @@ from tcm.evaluation import (
     THRESHOLDS,
     EvalResult,
     ImageResult,
+    PackedImage,
+    PackedPolygons,
     SweepResult,
     clockwise,
+    clockwise_packed,
     evaluate,
     resolve_protocol,
     threshold_sweep,
 )
-from tcm.types import AnnotationError, Detection, Instance
+from tcm.types import AnnotationError, Detection
 
 _PRED_NAME = re.compile(r"res_(.+)\.txt")  # RRC: res_img_<id>.txt for img_<id>.<ext>
 _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)  # RRC coordinates are integers
@@ -57,14 +61,18 @@ def write_submission(path: str | Path, dets: Sequence[Detection], scores: bool =
     """Write detections in the RRC form: clockwise corners rounded to integers, then the confidence.
 
     The confidence is written exactly (`repr`), so a sweep over the file sees the same scores as in memory.
+    A triangle gets its last corner written twice (same region): every line holds >= 8 coordinates, the least
+    `read_submission` accepts.
     """
     rows = []
     for i, det in enumerate(dets):
         pts = np.asarray(det.points, dtype=np.float64).reshape(-1, 2)  # (P, 2)
         if len(pts) < 3 or not np.isfinite(pts).all():
             raise ValueError(f"{path}: detection {i} needs >= 3 finite points, got {pts.tolist()}")
-        corners = np.rint(clockwise(pts)).astype(np.int64).reshape(-1)  # (2P,) x1, y1, x2, y2, ...
-        row = ",".join(str(v) for v in corners.tolist())
+        corners = np.rint(clockwise(pts)).astype(np.int64)  # (P, 2)
+        if len(corners) == 3:
+            corners = np.concatenate([corners, corners[-1:]])  # (4, 2) repeated corner: area unchanged
+        row = ",".join(str(v) for v in corners.reshape(-1).tolist())  # x1, y1, x2, y2, ...
         rows.append(f"{row},{float(det.score)!r}" if scores else row)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -72,49 +80,139 @@ def write_submission(path: str | Path, dets: Sequence[Detection], scores: bool =
     return out
 
 
-def read_submission(path: str | Path) -> list[Detection]:
-    """Detections of one `res_*.txt` file (corners made clockwise; score 1.0 when the line has none)."""
-    path = Path(path)
+@dataclass
+class Submission:
+    """One `res_*.txt` file, parsed: clockwise polygons, confidences, and how many lines were reversed."""
+
+    polygons: PackedPolygons  # N polygons, corners made clockwise
+    scores: np.ndarray  # (N,) float64; 1.0 where the line has no confidence
+    lines: np.ndarray  # (N,) int64: the 1-based line each polygon came from
+    reversed: int  # lines given counter-clockwise (the RRC script would refuse them)
+
+    def detections(self) -> list[Detection]:
+        flat, start = self.polygons.flat, np.cumsum(self.polygons.sizes) - self.polygons.sizes
+        return [
+            Detection(flat[a : a + n], float(score))  # (P, 2) view of the file's corner array
+            for a, n, score in zip(start.tolist(), self.polygons.sizes.tolist(), self.scores.tolist(), strict=True)
+        ]
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text without its BOM (the RRC strips one); ScoreError naming file and line otherwise."""
     try:
         data = path.read_bytes()
     except OSError as err:
         raise ScoreError(f"{path}: cannot read ({err.strerror})") from None
-    data = data.removeprefix(b"\xef\xbb\xbf")  # the RRC strips a UTF-8 BOM
+    data = data.removeprefix(b"\xef\xbb\xbf")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line_no = data[: err.start].count(b"\n") + 1
         raise ScoreError(f"{path}:{line_no}: invalid UTF-8 at byte {err.start}") from None
-    dets = []
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            dets.append(_parse_line(line, f"{path}:{line_no}"))
-    return dets
 
 
-def _parse_line(line: str, where: str) -> Detection:
-    fields = [f.strip() for f in line.strip().split(",")]
-    score = 1.0  # no confidence column: every detection is kept at any threshold
-    if len(fields) % 2 == 1:
-        text = fields.pop()
-        try:
-            score = float(text)
-        except ValueError:
-            raise ScoreError(f"{where}: confidence {text!r} is not a number") from None
-        if not math.isfinite(score):
-            raise ScoreError(f"{where}: confidence {text!r} is not finite")
-    if len(fields) < 6:
-        raise ScoreError(
-            f"{where}: expected x1,y1,...,xk,yk with k >= 3 points (optionally then a confidence), "
-            f"found {len(fields)} coordinate field(s)"
-        )
-    for i, text in enumerate(fields, start=1):
-        if not _INTEGER.fullmatch(text):
+def parse_submission(text: str, source: str) -> Submission:
+    """Parse a detection submission: `x1,y1,...,xk,yk[,confidence]` lines, k >= 4, integer coordinates.
+
+    Plain Python per line (str.split and int, no numpy call per line) and one vectorised orientation check
+    for the whole file: a 100-line file costs about as much as a few numpy calls.
+    """
+    strict_ints = text.isascii() and "_" not in text  # then int() accepts exactly [+-]digits with spaces
+    if strict_ints:
+        fast = _parse_uniform(text)
+        if fast is not None:
+            return fast
+    coords: list[int] = []
+    sizes: list[int] = []
+    scores: list[float] = []
+    line_nos: list[int] = []
+    for line_no, raw in enumerate(text.split("\n"), start=1):
+        fields = raw.split(",")
+        n = len(fields)
+        if n == 1 and not raw.strip():
+            continue  # blank line
+        score = 1.0  # no confidence column: every detection is kept at any threshold
+        if n % 2 == 1:
+            score = _confidence(fields.pop(), f"{source}:{line_no}")
+            n -= 1
+        if n < 8:
             raise ScoreError(
-                f"{where}: coordinate {i} {text!r} is not an integer (RRC submissions use integers)"
+                f"{source}:{line_no}: expected x1,y1,...,xk,yk with k >= 4 points (8 or more integer "
+                f"coordinates, optionally then a confidence), found {n} coordinate field(s)"
             )
-    pts = np.array([int(v) for v in fields], dtype=np.float64).reshape(-1, 2)  # (P, 2)
-    return Detection(clockwise(pts), score)
+        try:
+            if not strict_ints:
+                raise ValueError
+            coords.extend(map(int, fields))
+        except ValueError:
+            coords.extend(_integers(fields, f"{source}:{line_no}"))
+        sizes.append(n // 2)
+        scores.append(score)
+        line_nos.append(line_no)
+    flat = np.array(coords, dtype=np.float64).reshape(-1, 2)  # (sum P_i, 2)
+    packed, ccw = clockwise_packed(PackedPolygons(flat, np.array(sizes, dtype=np.int64)))
+    return Submission(packed, np.array(scores, dtype=np.float64), np.array(line_nos, dtype=np.int64), int(ccw.sum()))
+
+
+def _parse_uniform(text: str) -> Submission | None:
+    """The common file, parsed with a few C-level calls: every line the same number of fields, ASCII, no blank
+    line inside; None for anything else (the line-by-line parser then gives the exact error or result)."""
+    lines = text.rstrip("\r\n").split("\n")
+    if not lines[0].strip():
+        return None
+    commas = lines[0].count(",")
+    if any(line.count(",") != commas for line in lines):
+        return None
+    N, n_fields = len(lines), commas + 1
+    n_coords = n_fields - n_fields % 2  # an odd count: the last field is the confidence
+    if n_coords < 8:
+        return None
+    scores = np.ones(N)  # (N,) no confidence column: kept at any threshold
+    if n_fields % 2:
+        fields = ",".join(lines).split(",")  # (N * n_fields,) row-major
+        try:
+            scores = np.array(list(map(float, fields[n_coords::n_fields])))  # (N,) the last column
+        except ValueError:
+            return None
+        del fields[n_coords::n_fields]  # (N * n_coords,) the coordinates
+    else:
+        fields = ",".join(lines).split(",")  # (N * n_coords,) row-major
+    if not np.isfinite(scores).all():
+        return None
+    try:  # on ASCII text without `_`, int() accepts exactly the RRC's [+-]digits (spaces around allowed)
+        coords = np.array(list(map(int, fields)), dtype=np.float64)  # (N * n_coords,)
+    except ValueError:
+        return None
+    flat = coords.reshape(-1, 2)  # (N * n_coords / 2, 2)
+    packed, ccw = clockwise_packed(PackedPolygons(flat, np.full(N, n_coords // 2, dtype=np.int64)))
+    return Submission(packed, scores, np.arange(N, dtype=np.int64) + 1, int(ccw.sum()))
+
+
+def _confidence(text: str, where: str) -> float:
+    try:
+        score = float(text)
+    except ValueError:
+        raise ScoreError(f"{where}: confidence {text.strip()!r} is not a number") from None
+    if not math.isfinite(score):
+        raise ScoreError(f"{where}: confidence {text.strip()!r} is not finite")
+    return score
+
+
+def _integers(fields: Sequence[str], where: str) -> list[int]:
+    """Integer coordinates, checked one by one (the slow path, for a message naming the bad field)."""
+    values = []
+    for i, text in enumerate(fields, start=1):
+        text = text.strip()
+        if not _INTEGER.fullmatch(text):
+            raise ScoreError(f"{where}: coordinate {i} {text!r} is not an integer (RRC submissions use integers)")
+        values.append(int(text))
+    return values
+
+
+def read_submission(path: str | Path) -> list[Detection]:
+    """Detections of one `res_*.txt` file (corners made clockwise; score 1.0 when the line has none)."""
+    path = Path(path)
+    return parse_submission(read_text(path), str(path)).detections()
 
 
 # --------------------------------------------------------------------------------------------- folders
@@ -125,36 +223,89 @@ def _natural(key: str) -> tuple[int, int | str]:
     return (0, int(key)) if key.isdigit() else (1, key)
 
 
-def _read_ground_truth(gt_dir: Path, gt_format: str) -> dict[str, tuple[Path, list[Instance]]]:
+@dataclass
+class GroundTruth:
+    """One ground-truth file, packed for the evaluator."""
+
+    path: Path
+    polygons: PackedPolygons
+    ignore: np.ndarray  # (G,) bool
+
+
+# An ICDAR 2015 coordinate as tcm.data.formats reads it (ASCII decimal, optional exponent); a whole file's
+# coordinates are checked by one match of _NUMBERS.
+_NUMBER = r"[ \t]*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?[ \t]*"
+_NUMBERS = re.compile(rf"{_NUMBER}(?:,{_NUMBER})*", re.ASCII)
+
+
+def _fast_icdar2015(text: str) -> GroundTruth | None:
+    """IC15 lines `x1,...,y4,text` with one split per line and one check + conversion per file; None when
+    anything is unusual (the format's own reader then gives the exact result or error)."""
+    coords: list[str] = []
+    ignore: list[bool] = []
+    for raw in text.split("\n"):
+        if not raw.strip():
+            continue
+        fields = raw.split(",", 8)
+        if len(fields) != 9:
+            return None
+        coords += fields[:8]
+        ignore.append(fields[8].removesuffix("\r").strip() == "###")  # the reader's don't-care rule
+    joined = ",".join(coords)
+    if coords and not _NUMBERS.fullmatch(joined):
+        return None
+    values = np.array(list(map(float, coords)), dtype=np.float64)  # (8 G,) checked by _NUMBERS above
+    if not np.isfinite(values).all():
+        return None
+    G = len(ignore)
+    return GroundTruth(Path(), PackedPolygons.quads(values.reshape(G, 4, 2)), np.array(ignore, dtype=bool))
+
+
+def _read_ground_truth(gt_dir: Path, gt_format: str) -> dict[str, GroundTruth]:
     try:
         fmt = get_format(gt_format)
     except ValueError as err:
         raise ScoreError(str(err)) from None
     if not gt_dir.is_dir():
         raise ScoreError(f"{gt_dir}: ground-truth folder does not exist")
-    out: dict[str, tuple[Path, list[Instance]]] = {}
+    out: dict[str, GroundTruth] = {}
     for path in sorted(p for p in gt_dir.iterdir() if p.is_file()):
         key = fmt.annotation_key(path.name)
         if key is None:
             continue  # images or notes beside the annotations
         if key in out:
-            raise ScoreError(f"{path}: same image as {out[key][0].name} (key {key!r})")
+            raise ScoreError(f"{path}: same image as {out[key].path.name} (key {key!r})")
+        data = path.read_bytes()
+        fast = None
+        if fmt.name == "icdar2015":
+            try:
+                fast = _fast_icdar2015(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
+            except UnicodeDecodeError:
+                pass  # the reader names the line
+        if fast is not None:
+            out[key] = dataclasses.replace(fast, path=path)
+            continue
         try:
-            out[key] = (path, fmt.parse(path.read_bytes(), str(path)))
+            instances = fmt.parse(data, str(path))
         except AnnotationError as err:
             raise ScoreError(str(err)) from None
+        out[key] = GroundTruth(
+            path,
+            PackedPolygons.of([g.points for g in instances]),
+            np.array([g.ignore for g in instances], dtype=bool).reshape(-1),  # (G,)
+        )
     if not out:
         raise ScoreError(f"{gt_dir}: no {fmt.name} ground-truth files found")
     return out
 
 
 def _read_predictions(
-    pred_dir: Path, gt_format: str, gt: dict[str, tuple[Path, list[Instance]]], gt_dir: Path
-) -> dict[str, tuple[Path, list[Detection]]]:
+    pred_dir: Path, gt_format: str, gt: dict[str, GroundTruth], gt_dir: Path
+) -> dict[str, tuple[Path, Submission]]:
     if not pred_dir.is_dir():
         raise ScoreError(f"{pred_dir}: prediction folder does not exist")
     fmt = get_format(gt_format)
-    out: dict[str, tuple[Path, list[Detection]]] = {}
+    out: dict[str, tuple[Path, Submission]] = {}
     for path in sorted(pred_dir.iterdir()):
         if path.name.startswith("."):
             continue  # .DS_Store and friends
@@ -168,8 +319,17 @@ def _read_predictions(
             raise ScoreError(f"{path}: no ground truth for this image in {gt_dir}")
         if key in out:
             raise ScoreError(f"{path}: same image as {out[key][0].name}")
-        out[key] = (path, read_submission(path))
+        out[key] = (path, parse_submission(read_text(path), str(path)))
     return out
+
+
+_NO_DETECTIONS = Submission(
+    PackedPolygons(np.zeros((0, 2)), np.zeros(0, dtype=np.int64)), np.zeros(0), np.zeros(0, dtype=np.int64), 0
+)
+
+
+def _packed_image(gt: GroundTruth, sub: Submission) -> PackedImage:
+    return PackedImage(gt=gt.polygons, gt_ignore=gt.ignore, det=sub.polygons, scores=sub.scores)
 
 
 def _image_entry(res: ImageResult, gt_path: Path, pred_path: Path | None) -> dict:
@@ -220,7 +380,7 @@ def score_folders(
     gt = _read_ground_truth(gt_dir, gt_format)
     preds = _read_predictions(pred_dir, gt_format, gt, gt_dir)
     keys = sorted(gt, key=_natural)
-    pairs = [(gt[k][1], preds[k][1] if k in preds else []) for k in keys]
+    pairs = [_packed_image(gt[k], preds[k][1] if k in preds else _NO_DETECTIONS) for k in keys]
     result: EvalResult = evaluate(pairs, proto)
     out = {
         "protocol": dataclasses.asdict(proto),
@@ -230,10 +390,11 @@ def score_folders(
         "hmean": result.hmean,
         "counts": result.counts,
         "per_image": {
-            k: _image_entry(res, gt[k][0], preds[k][0] if k in preds else None)
+            k: _image_entry(res, gt[k].path, preds[k][0] if k in preds else None)
             for k, res in zip(keys, result.per_image, strict=True)
         },
         "missing_predictions": [k for k in keys if k not in preds],
+        "counter_clockwise": {preds[k][0].name: preds[k][1].reversed for k in keys if k in preds and preds[k][1].reversed},
     }
     if sweep:
         out["sweep"] = _sweep_dict(threshold_sweep(pairs, thresholds, proto))

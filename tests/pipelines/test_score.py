@@ -69,7 +69,7 @@ def test_write_then_read_round_trips(tmp_path: Path) -> None:
     back = read_submission(path)
     assert back[0].score == 0.123456789 and back[1].score == 1.0  # scores exact: sweeps see the same values
     assert back[0].points.tolist() == [[0, 0], [100, 0], [100, 20], [0, 21]]
-    assert back[1].points.shape == (3, 2)
+    assert back[1].points.tolist() == [[0, 0], [10, 0], [5, 8], [5, 8]]  # triangle: last corner twice (>= 8)
     assert submission_name("img_7.jpg") == "res_img_7.txt"
 
 
@@ -95,7 +95,11 @@ def test_read_submission_forms(tmp_path: Path) -> None:
     "bad, reason",
     [
         ("1,2,3,4,5,6,7,x", "coordinate 8 'x' is not an integer"),
-        ("1,2,3,4", "k >= 3 points"),
+        ("1,2,3,4", "k >= 4 points"),
+        ("1,2,3,4,5,6,7", "found 6 coordinate field(s)"),  # 7 fields: 6 coordinates + a confidence (#17)
+        ("1,2,3,4,5,6", "found 6 coordinate field(s)"),  # a triangle: the RRC needs 4 corners
+        ("1,2,3,4,5,6,7,8,", "confidence '' is not a number"),
+        ("1,2,3,4,5,6,7,8,9,1e1", "coordinate 10 '1e1' is not an integer"),
         ("1,2,3,4,5,6,7,8,high", "confidence 'high' is not a number"),
         ("1.5,2,3,4,5,6,7,8", "coordinate 1 '1.5' is not an integer"),
         ("1,2,3,4,5,6,7,8,nan", "not finite"),
