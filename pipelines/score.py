@@ -1,9 +1,11 @@
-"""`tcm score`: evaluate a folder of predictions in the RRC submission form against a ground-truth folder.
+"""`tcm score`: evaluate predictions against ground truth. Detection (`iou`, `deteval`) here; end to end
+(`e2e`, `word-spotting`, `totaltext-e2e`) in pipelines/score_spotting.py; recognition in
+pipelines/score_words.py; `score_command` dispatches. User docs: docs/scoring.md.
 
-Predictions: one file per image, `res_<image name>.txt` (`res_img_12.txt` for `img_12.jpg`), one detection a
-line: 2k integer coordinates x1,y1,...,xk,yk (k >= 3; 4 for ICDAR 2015), optionally followed by a confidence.
-An odd number of fields means the last one is the confidence. Counter-clockwise corners are accepted and
-turned clockwise (the RRC script would reject them). Ground truth: any dataset format the readers know
+Detection predictions: one file per image, `res_<image name>.txt` (`res_img_12.txt` for `img_12.jpg`), one
+detection a line: 2k integer coordinates x1,y1,...,xk,yk (k >= 4: at least 8 coordinates), optionally followed
+by a confidence. An odd number of fields means the last one is the confidence. Counter-clockwise corners are
+accepted and turned clockwise, and counted in the result (the RRC script would reject them). Ground truth: any dataset format the readers know
 (`--gt-format`, default icdar2015 `gt_img_<id>.txt`), paired with predictions by the format's image key.
 
 Bad input raises `ScoreError` (`file:line: reason`): a prediction file for an image without ground truth, a
@@ -427,30 +429,101 @@ def _table(result: dict) -> str:
     return "\n".join(lines)
 
 
+DETECTION = ("iou", "deteval")
+SPOTTING = ("e2e", "word-spotting", "totaltext-e2e")
+
+
+def _fail(err: Exception) -> None:
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(1) from None
+
+
+def _warn_orientation(counts: dict[str, int], official: str) -> None:
+    if counts:
+        total = sum(counts.values())
+        files = ", ".join(f"{name} ({n})" for name, n in list(counts.items())[:5])
+        more = f" and {len(counts) - 5} more file(s)" if len(counts) > 5 else ""
+        typer.echo(
+            f"warning: {total} polygon(s) in the other orientation were normalised ({official} would refuse "
+            f"them): {files}{more}",
+            err=True,
+        )
+
+
 def score_command(
-    gt: Path = typer.Option(..., "--gt", help="Ground-truth folder (IC15: gt_img_<id>.txt files)."),
+    gt: Path = typer.Option(
+        ...,
+        "--gt",
+        help="Ground truth: a folder (IC15 gt_img_<N>.txt; totaltext-e2e <N>.txt) or, for recognition, a task "
+        "4.3 label file.",
+    ),
     pred: Path = typer.Option(
-        ..., "--pred", help="Prediction folder of res_<image name>.txt files (RRC form)."
+        ...,
+        "--pred",
+        help="Predictions: a folder of res_img_<N>.txt files (totaltext-e2e: <N>.txt) or, for recognition, a "
+        "task 4.3 label file.",
     ),
     protocol: str = typer.Option(
-        "iou", "--protocol", help="iou (ICDAR 2015 hmean-IoU) or deteval (IC13 DetEval)."
+        "iou",
+        "--protocol",
+        help="iou (ICDAR 2015 hmean-IoU) | deteval (IC13 DetEval) | e2e (IC15 end to end, RRC E2E_iou v1.1) | "
+        "word-spotting (IC15, the same script's dictionary rule) | totaltext-e2e (polygons, word-spotting rule, "
+        "as AdelaiDet) | recognition (cropped words: accuracy, 1 - NED). Counter-clockwise quads are "
+        "normalised with a warning: the official scripts refuse them.",
     ),
     gt_format: str = typer.Option(
-        "icdar2015",
+        None,
         "--gt-format",
-        help="Ground-truth format: icdar2013, icdar2015, td500, ctw1500, totaltext, mlt17.",
+        help="Ground-truth format: icdar2013, icdar2015 (default for detection), td500, ctw1500, totaltext, "
+        "mlt17; with totaltext-e2e, a dataset format instead of AdelaiDet's <N>.txt polygon form.",
+        show_default=False,
+    ),
+    confidences: bool = typer.Option(
+        False,
+        "--confidences",
+        help="e2e / word-spotting: lines are x1,...,y4,confidence,transcription; detections are sorted by "
+        "confidence (the official CONFIDENCES option) and AP is reported.",
+    ),
+    charset: int = typer.Option(
+        36, "--charset", help="recognition: 36 ([0-9a-z], the benchmark protocol), 62 (cased) or 94 (cased + punctuation)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (with per_image) on stdout."),
     sweep: bool = typer.Option(
         False,
         "--sweep",
-        help="Also sweep score thresholds 0.3..0.9 (the best one is optimistic: picked on this set).",
+        help="Detection: also sweep score thresholds 0.3..0.9 (the best one is optimistic: picked on this set).",
     ),
 ) -> None:
-    """Score predictions in the RRC submission form against ground truth (precision, recall, hmean)."""
+    """Score predictions against ground truth: detection (P / R / H), end to end, word spotting, recognition.
+
+    Examples: tcm score --gt gts/ --pred submission/; tcm score --protocol e2e --gt gts/ --pred res/ --json;
+    tcm score --protocol recognition --gt gt.txt --pred pred.txt --charset 36. See docs/scoring.md.
+    """
+    if protocol == "recognition":
+        from pipelines.score_words import WordScoreError, recognition_summary, score_recognition
+
+        try:
+            result = score_recognition(gt, pred, charset)
+        except WordScoreError as err:
+            _fail(err)
+        typer.echo(json.dumps(result) if json_out else recognition_summary(result) + "\n\n" + result["table"])
+        return
+    if protocol in SPOTTING:
+        from pipelines.score_spotting import SpottingScoreError, score_spotting, spotting_summary
+
+        try:
+            result = score_spotting(gt, pred, protocol, confidences=confidences, gt_format=gt_format)
+        except SpottingScoreError as err:
+            _fail(err)
+        official = "AdelaiDet's evaluator" if protocol == "totaltext-e2e" else "the RRC script"
+        _warn_orientation(result["misoriented"], official)
+        typer.echo(json.dumps(result) if json_out else spotting_summary(result))
+        return
+    if protocol not in DETECTION:
+        _fail(ScoreError(f"unknown protocol {protocol!r}: use one of {', '.join(DETECTION + SPOTTING)}, recognition"))
     try:
-        result = score_folders(gt, pred, protocol=protocol, gt_format=gt_format, sweep=sweep)
+        result = score_folders(gt, pred, protocol=protocol, gt_format=gt_format or "icdar2015", sweep=sweep)
     except ScoreError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(1) from None
+        _fail(err)
+    _warn_orientation(result["counter_clockwise"], "the RRC script")
     typer.echo(json.dumps(result) if json_out else _table(result))
