@@ -48,7 +48,8 @@ class RecognitionResult:
 
     @property
     def dropped_reasons(self) -> dict[str, int]:
-        return dict(Counter(self.dropped.values()))
+        """How many words were dropped for each reason (the reason without its per-word figure)."""
+        return dict(Counter(reason.split(" (")[0] for reason in self.dropped.values()))
 
 
 def normalized_edit_distance(pred: str, gt: str) -> float:
