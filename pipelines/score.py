@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from pipelines import score_batch
 from tcm.data.formats import get_format
 from tcm.evaluation import (
     THRESHOLDS,
@@ -105,6 +106,10 @@ def read_text(path: Path) -> str:
         data = path.read_bytes()
     except OSError as err:
         raise ScoreError(f"{path}: cannot read ({err.strerror})") from None
+    return _decode(data, path)
+
+
+def _decode(data: bytes, path: Path) -> str:
     data = data.removeprefix(b"\xef\xbb\xbf")
     try:
         return data.decode("utf-8")
@@ -270,35 +275,42 @@ def _read_ground_truth(gt_dir: Path, gt_format: str) -> dict[str, GroundTruth]:
         raise ScoreError(str(err)) from None
     if not gt_dir.is_dir():
         raise ScoreError(f"{gt_dir}: ground-truth folder does not exist")
-    out: dict[str, GroundTruth] = {}
+    keys: dict[str, Path] = {}
     for path in sorted(p for p in gt_dir.iterdir() if p.is_file()):
         key = fmt.annotation_key(path.name)
         if key is None:
             continue  # images or notes beside the annotations
-        if key in out:
-            raise ScoreError(f"{path}: same image as {out[key].path.name} (key {key!r})")
-        data = path.read_bytes()
-        fast = None
-        if fmt.name == "icdar2015":
-            try:
-                fast = _fast_icdar2015(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
-            except UnicodeDecodeError:
-                pass  # the reader names the line
-        if fast is not None:
-            out[key] = dataclasses.replace(fast, path=path)
-            continue
-        try:
-            instances = fmt.parse(data, str(path))
-        except AnnotationError as err:
-            raise ScoreError(str(err)) from None
-        out[key] = GroundTruth(
-            path,
-            PackedPolygons.of([g.points for g in instances]),
-            np.array([g.ignore for g in instances], dtype=bool).reshape(-1),  # (G,)
-        )
-    if not out:
+        if key in keys:
+            raise ScoreError(f"{path}: same image as {keys[key].name} (key {key!r})")
+        keys[key] = path
+    if not keys:
         raise ScoreError(f"{gt_dir}: no {fmt.name} ground-truth files found")
+    raw = {path: path.read_bytes() for path in keys.values()}
+    batch = score_batch.icdar2015_ground_truth(raw) if fmt.name == "icdar2015" else {}
+    out: dict[str, GroundTruth] = {}
+    for key, path in keys.items():
+        out[key] = batch.get(path) or _ground_truth_file(fmt, path, raw[path])
     return out
+
+
+def _ground_truth_file(fmt, path: Path, data: bytes) -> GroundTruth:
+    """One GT file: the IC15 line fast path, else the format's own reader (which names a bad line)."""
+    if fmt.name == "icdar2015":
+        try:
+            fast = _fast_icdar2015(data.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
+        except UnicodeDecodeError:
+            fast = None  # the reader names the line
+        if fast is not None:
+            return dataclasses.replace(fast, path=path)
+    try:
+        instances = fmt.parse(data, str(path))
+    except AnnotationError as err:
+        raise ScoreError(str(err)) from None
+    return GroundTruth(
+        path,
+        PackedPolygons.of([g.points for g in instances]),
+        np.array([g.ignore for g in instances], dtype=bool).reshape(-1),  # (G,)
+    )
 
 
 def _read_predictions(
@@ -307,7 +319,7 @@ def _read_predictions(
     if not pred_dir.is_dir():
         raise ScoreError(f"{pred_dir}: prediction folder does not exist")
     fmt = get_format(gt_format)
-    out: dict[str, tuple[Path, Submission]] = {}
+    keys: dict[str, Path] = {}
     for path in sorted(pred_dir.iterdir()):
         if path.name.startswith("."):
             continue  # .DS_Store and friends
@@ -319,10 +331,20 @@ def _read_predictions(
         key = fmt.image_key(f"{match.group(1)}.jpg")  # the image's pairing key, whatever its extension
         if key is None or key not in gt:
             raise ScoreError(f"{path}: no ground truth for this image in {gt_dir}")
-        if key in out:
-            raise ScoreError(f"{path}: same image as {out[key][0].name}")
-        out[key] = (path, parse_submission(read_text(path), str(path)))
-    return out
+        if key in keys:
+            raise ScoreError(f"{path}: same image as {keys[key].name}")
+        keys[key] = path
+    raw = {}
+    for path in keys.values():
+        try:
+            raw[path] = path.read_bytes()
+        except OSError as err:
+            raise ScoreError(f"{path}: cannot read ({err.strerror})") from None
+    batch = score_batch.submissions(raw)  # every plain file at once; the rest line by line
+    return {
+        key: (path, batch.get(path) or parse_submission(_decode(raw[path], path), str(path)))
+        for key, path in keys.items()
+    }
 
 
 _NO_DETECTIONS = Submission(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -201,3 +202,27 @@ def test_totaltext_polygons(tmp_path: Path) -> None:
     (pred / "0000012.txt").write_text(f"{arc},####HELLO\n")  # the arc TL-first, clockwise on screen
     again = score_spotting(gt, pred, "totaltext-e2e")
     assert again["misoriented"] == {"0000012.txt": 1} and again["counts"]["hits"] == 1  # same region, same score
+
+
+def test_totaltext_with_the_dataset_reader(tmp_path: Path) -> None:
+    from tcm.data.formats import get_format
+    from tcm.types import Instance
+
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    gt.mkdir()
+    pred.mkdir()
+    arc = np.array([[0, 0], [50, 10], [100, 10], [150, 0], [150, 30], [100, 40], [50, 40], [0, 30]], float)
+    box = np.array([[200, 0], [300, 0], [300, 40], [200, 40]], float)
+    fmt = get_format("totaltext")
+    (gt / "poly_gt_img7.txt").write_bytes(
+        fmt.write([Instance(arc, "Tom's"), Instance(box, "#", ignore=True), Instance(box + 300, "Café")])
+    )
+    flat = ",".join(str(int(v)) for v in arc[::-1].reshape(-1))  # AdelaiDet's orientation
+    (pred / "0000007.txt").write_text(f"{flat},####TOM\n210,5,290,5,290,35,210,35,####x\n")
+    result = score_spotting(gt, pred, "totaltext-e2e", gt_format="totaltext")
+    # Tom's -> TOM (word spotting drops 's): a hit; the box on the `#` word is set aside (the reader's flag);
+    # Café is care (é is in the allowed range) and missed. care GT 2, care dets 1, hits 1.
+    assert result["counts"] == {"images": 1, "gt_care": 2, "det_care": 1, "hits": 1}
+    assert result["per_image"]["7"]["gt_file"] == "poly_gt_img7.txt"
+    with pytest.raises(SpottingScoreError, match="--gt-format applies to --protocol totaltext-e2e"):
+        score_spotting(gt, pred, "e2e", gt_format="totaltext")
