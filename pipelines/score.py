@@ -405,7 +405,7 @@ def score_folders(
     preds = _read_predictions(pred_dir, gt_format, gt, gt_dir)
     keys = sorted(gt, key=_natural)
     pairs = [_packed_image(gt[k], preds[k][1] if k in preds else _NO_DETECTIONS) for k in keys]
-    result: EvalResult = evaluate(pairs, proto)
+    result: EvalResult = evaluate(pairs, proto, keep_iou=False)  # the report never shows the matrices
     out = {
         "protocol": dataclasses.asdict(proto),
         "gt_format": gt_format,

@@ -435,14 +435,41 @@ def _safe_intersection_area(a: shapely.Geometry, b: shapely.Geometry) -> float:
         return 0.0
 
 
+@dataclass(frozen=True)
+class _Prune:
+    """Skip pairs that cannot change an IoU-protocol decision (only when no IoU matrix is returned)."""
+
+    iou_thr: float
+    dc_thr: float
+    gt_ignore: np.ndarray  # (G_chunk,) bool
+
+
+PRUNE_SLACK = 1e-6  # pairs whose bound is within this of a threshold are computed (>> SETTLE_TOL, float error)
+
+
+def _prunable(gt: _Polygons, det: _Polygons, g: np.ndarray, d: np.ndarray, prune: _Prune) -> np.ndarray:
+    """(n,) bool: pairs whose intersection cannot reach IoU > iou_thr, nor (with a don't-care GT) cover more
+    than dc_thr of the detection. The bound: inter <= B = area(bbox G ∩ bbox D), so IoU <= B / (aG + aD - B)
+    and inter / aD <= B / aD. Such pairs keep intersection 0: every decision is the same."""
+    gb, db = gt.bounds[g], det.bounds[d]  # (n, 4), (n, 4)
+    w = np.minimum(gb[:, 2], db[:, 2]) - np.maximum(gb[:, 0], db[:, 0])  # (n,)
+    h = np.minimum(gb[:, 3], db[:, 3]) - np.maximum(gb[:, 1], db[:, 1])  # (n,)
+    bound = np.maximum(w, 0) * np.maximum(h, 0)  # (n,)
+    a_g, a_d = gt.area[g], det.area[d]  # (n,), (n,)
+    could_match = bound > (prune.iou_thr - PRUNE_SLACK) * (a_g + a_d - bound)
+    could_cover = prune.gt_ignore[g] & (bound > (prune.dc_thr - PRUNE_SLACK) * a_d)
+    return ~(could_match | could_cover)
+
+
 def _intersections(
-    gt: _Polygons, det: _Polygons, gt_split: np.ndarray, det_split: np.ndarray
+    gt: _Polygons, det: _Polygons, gt_split: np.ndarray, det_split: np.ndarray, prune: _Prune | None = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image of a chunk: intersection areas (G_i, D_i) and which came from numpy clipping (G_i, D_i) bool.
 
     gt_split / det_split (I + 1,): image i owns polygons split[i]:split[i + 1]. Only pairs whose bounding
     boxes overlap are computed, for the whole chunk at once: convex pairs by numpy clipping (grouped by
-    corner counts), the rest by one vectorised GEOS call.
+    corner counts), the rest by one vectorised GEOS call. With `prune`, pairs that cannot change a decision
+    are skipped too (their intersection stays 0).
     """
     g_parts, d_parts, counts = [], [], []
     for i in range(len(gt_split) - 1):
@@ -460,6 +487,11 @@ def _intersections(
         counts.append(len(g_idx))
     g_all = np.concatenate(g_parts) if g_parts else np.zeros(0, dtype=np.int64)  # (n,) chunk-global indices
     d_all = np.concatenate(d_parts) if d_parts else np.zeros(0, dtype=np.int64)  # (n,)
+    if prune is not None and len(g_all):
+        keep = ~_prunable(gt, det, g_all, d_all, prune)  # (n,)
+        image = np.repeat(np.arange(len(counts)), counts)  # (n,) image of each pair
+        g_all, d_all = g_all[keep], d_all[keep]
+        counts = np.bincount(image[keep], minlength=len(counts)).tolist()
     areas = np.zeros(len(g_all))  # (n,)
     fast = gt.convex[g_all] & det.convex[d_all]  # (n,)
     if fast.any():
@@ -487,7 +519,7 @@ def _intersections(
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den elementwise (broadcast), 0 where den <= 0."""
-    out = np.zeros(np.broadcast_shapes(num.shape, den.shape))
+    out = np.zeros(np.broadcast(num, den).shape)  # np.broadcast: C, unlike np.broadcast_shapes
     return np.divide(num, den, out=out, where=den > 0)
 
 
@@ -517,14 +549,21 @@ class _ImageGeometry:
         return True
 
 
-def _prepare_chunk(images: Sequence[PackedImage]) -> list[_ImageGeometry]:
-    """The geometry of several images, computed together (numpy call overhead paid once per chunk)."""
+def _prepare_chunk(images: Sequence[PackedImage], prune_for: IoUProtocol | None = None) -> list[_ImageGeometry]:
+    """The geometry of several images, computed together (numpy call overhead paid once per chunk).
+
+    prune_for: the IoU protocol whose decisions alone are needed (no IoU matrix returned): see `_prunable`.
+    """
     gt_split = np.cumsum([0] + [len(im.gt) for im in images])  # (I + 1,)
     det_split = np.cumsum([0] + [len(im.det) for im in images])  # (I + 1,)
     gt_polys = _Polygons(_concat([im.gt for im in images]))
     det_polys = _Polygons(_concat([im.det for im in images]))
+    prune = None
+    if prune_for is not None:
+        ignore = [np.asarray(im.gt_ignore, dtype=bool).reshape(-1) for im in images]  # each (G_i,)
+        prune = _Prune(prune_for.iou_thr, prune_for.dc_thr, np.concatenate(ignore) if ignore else np.zeros(0, bool))
     out = []
-    for i, (inter, approx) in enumerate(_intersections(gt_polys, det_polys, gt_split, det_split)):
+    for i, (inter, approx) in enumerate(_intersections(gt_polys, det_polys, gt_split, det_split, prune)):
         out.append(
             _ImageGeometry(
                 gt=gt_polys.view(gt_split[i], gt_split[i + 1]),
@@ -538,11 +577,11 @@ def _prepare_chunk(images: Sequence[PackedImage]) -> list[_ImageGeometry]:
     return out
 
 
-def _prepared(pairs: Iterable[ImageInput]) -> Iterator[_ImageGeometry]:
+def _prepared(pairs: Iterable[ImageInput], prune_for: IoUProtocol | None = None) -> Iterator[_ImageGeometry]:
     """The geometry of every image, prepared CHUNK images at a time."""
     it = map(_packed, pairs)
     while chunk := list(itertools.islice(it, CHUNK)):
-        yield from _prepare_chunk(chunk)
+        yield from _prepare_chunk(chunk, prune_for)
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -810,10 +849,18 @@ def evaluate(
     pairs: Iterable[ImageInput],
     protocol: str | Protocol = "iou",
     min_score: float = 0.0,  # keep every detection unless asked: the RRC script applies no threshold
+    keep_iou: bool = True,  # per-image (G, D) IoU matrices in the results; False saves 8 x G x D bytes each
 ) -> EvalResult:
     """Dataset scores over (ground truth, detections) pairs or PackedImage objects, one per image."""
     proto = resolve_protocol(protocol)
-    per_image = [_match(geo, proto, min_score) for geo in _prepared(pairs)]
+    per_image = []
+    # without IoU matrices to return, pairs that cannot change an IoU-protocol decision are skipped
+    prune_for = proto if isinstance(proto, IoUProtocol) and not keep_iou else None
+    for geo in _prepared(pairs, prune_for):
+        res = _match(geo, proto, min_score)
+        if not keep_iou:
+            res.iou = None
+        per_image.append(res)
     counts = _totals(per_image)
     precision, recall, hmean = _scores(counts)
     return EvalResult(precision, recall, hmean, per_image, counts, proto)

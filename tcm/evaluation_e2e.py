@@ -281,7 +281,7 @@ def evaluate_spotting(
         cares.append(dont_care)
         compares.append(compare)
     packed = [PackedImage(im.gt, dc, im.det, np.ones(len(im.det))) for im, dc in zip(ims, cares, strict=True)]
-    geometry = evaluate(packed, geo_proto)  # don't-care detections, IoU matrix, greedy GT-major pairs
+    geometry = evaluate(packed, geo_proto, keep_iou=False)  # don't-care dets, greedy GT-major pairs
     per_image: list[SpottingImageResult] = []
     all_scores: list[float] = []
     all_hits: list[bool] = []
@@ -315,6 +315,7 @@ def evaluate_spotting(
     det_only = evaluate(
         [PackedImage(im.gt, im.gt_ignore | _hashes(im.gt_texts), im.det, np.ones(len(im.det))) for im in ims],
         geo_proto,
+        keep_iou=False,
     )
     return SpottingResult(
         precision=precision,

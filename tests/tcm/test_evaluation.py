@@ -455,3 +455,27 @@ def test_packed_input_and_vectorised_orientation() -> None:
     # IoU 9/11 > 0.5: a match; the second detection lies on the don't-care GT: P = R = 1 both ways
     assert (a.precision, a.recall, a.counts) == (b.precision, b.recall, b.counts)
     assert (b.precision, b.recall, b.counts["det_care"]) == (1.0, 1.0, 1)
+
+
+def test_pruned_evaluation_takes_the_same_decisions() -> None:
+    # Without IoU matrices (keep_iou=False) pairs that cannot reach a threshold are skipped: same outcome.
+    rng = np.random.default_rng(11)
+    scenes = []
+    for _ in range(40):
+        truth = [Instance(rect(*xy, xy[0] + w, xy[1] + h), ignore=bool(rng.random() < 0.3))
+                 for xy, w, h in zip(rng.uniform(0, 300, (12, 2)), rng.uniform(10, 80, 12), rng.uniform(5, 30, 12))]
+        found = []
+        for g in truth:  # near copies: IoU and don't-care cover around their thresholds
+            for _ in range(2):
+                x0, y0 = g.points[0] + rng.normal(0, 6, 2)
+                x1, y1 = g.points[2] + rng.normal(0, 6, 2)
+                found.append(Detection(rect(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)), float(rng.random())))
+        found += [Detection(rect(x, y, x + 40, y + 15), 0.5) for x, y in rng.uniform(0, 300, (10, 2))]
+        scenes.append((truth, found))
+    full = evaluate(scenes, keep_iou=True)
+    pruned = evaluate(scenes, keep_iou=False)
+    assert pruned.counts == full.counts and 0 < full.counts["matched_gt"] < full.counts["gt_care"]
+    for a, b in zip(full.per_image, pruned.per_image, strict=True):
+        assert a.pairs == b.pairs and b.iou is None
+        assert np.array_equal(a.det_dontcare, b.det_dontcare)
+    assert sum(int(r.det_dontcare.sum()) for r in full.per_image) > 0
