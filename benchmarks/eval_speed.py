@@ -264,6 +264,11 @@ and runs the RRC algorithm with one shapely call per pair.
 | plain per-pair shapely script (baseline) | {c_cmd_base:.2f} | {w_cmd_base:.2f} | 1.0x |
 | `tcm score` (`score_folders`) | {c_cmd:.2f} | {w_cmd:.2f} | **{cmd_ratio:.1f}x** |
 
+How: a folder's plain submission / IC15 GT files are parsed by one single-threaded pyarrow CSV call with
+typed columns (anything else line by line, same results and errors), orientation is checked for all polygons
+at once, and without IoU matrices to report the evaluator skips pairs whose bounding-box bound cannot reach a
+threshold. Before (#16): 2.3x, with 5.8 s of 7.6 s spent parsing (a numpy call per line).
+
 **Evaluator alone**, scenes in memory:
 
 | evaluator | CPU s | wall s | speed-up (CPU) |
