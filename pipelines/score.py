@@ -5,7 +5,8 @@ pipelines/score_words.py; `score_command` dispatches. User docs: docs/scoring.md
 Detection predictions: one file per image, `res_<image name>.txt` (`res_img_12.txt` for `img_12.jpg`), one
 detection a line: 2k integer coordinates x1,y1,...,xk,yk (k >= 4: at least 8 coordinates), optionally followed
 by a confidence. An odd number of fields means the last one is the confidence. Counter-clockwise corners are
-accepted and turned clockwise, and counted in the result (the RRC script would reject them). Ground truth: any dataset format the readers know
+accepted and turned clockwise, and counted in the result (the RRC script would reject them).
+Ground truth: any dataset format the readers know
 (`--gt-format`, default icdar2015 `gt_img_<id>.txt`), paired with predictions by the format's image key.
 
 Bad input raises `ScoreError` (`file:line: reason`): a prediction file for an image without ground truth, a
@@ -158,7 +159,8 @@ def parse_submission(text: str, source: str) -> Submission:
         line_nos.append(line_no)
     flat = np.array(coords, dtype=np.float64).reshape(-1, 2)  # (sum P_i, 2)
     packed, ccw = clockwise_packed(PackedPolygons(flat, np.array(sizes, dtype=np.int64)))
-    return Submission(packed, np.array(scores, dtype=np.float64), np.array(line_nos, dtype=np.int64), int(ccw.sum()))
+    scores_ = np.array(scores, dtype=np.float64)  # (N,)
+    return Submission(packed, scores_, np.array(line_nos, dtype=np.int64), int(ccw.sum()))
 
 
 def _parse_uniform(text: str) -> Submission | None:
@@ -418,7 +420,7 @@ def score_folders(
             for k, res in zip(keys, result.per_image, strict=True)
         },
         "missing_predictions": [k for k in keys if k not in preds],
-        "counter_clockwise": {preds[k][0].name: preds[k][1].reversed for k in keys if k in preds and preds[k][1].reversed},
+        "counter_clockwise": {path.name: sub.reversed for path, sub in preds.values() if sub.reversed},
     }
     if sweep:
         out["sweep"] = _sweep_dict(threshold_sweep(pairs, thresholds, proto))
@@ -507,7 +509,9 @@ def score_command(
         "confidence (the official CONFIDENCES option) and AP is reported.",
     ),
     charset: int = typer.Option(
-        36, "--charset", help="recognition: 36 ([0-9a-z], the benchmark protocol), 62 (cased) or 94 (cased + punctuation)."
+        36,  # the STR benchmarks' test charset (clip4str.md §6)
+        "--charset",
+        help="recognition: 36 ([0-9a-z], the benchmark protocol), 62 (cased) or 94 (cased + punctuation).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (with per_image) on stdout."),
     sweep: bool = typer.Option(
@@ -542,7 +546,8 @@ def score_command(
         typer.echo(json.dumps(result) if json_out else spotting_summary(result))
         return
     if protocol not in DETECTION:
-        _fail(ScoreError(f"unknown protocol {protocol!r}: use one of {', '.join(DETECTION + SPOTTING)}, recognition"))
+        choices = ", ".join((*DETECTION, *SPOTTING, "recognition"))
+        _fail(ScoreError(f"unknown protocol {protocol!r}: use one of {choices}"))
     try:
         result = score_folders(gt, pred, protocol=protocol, gt_format=gt_format or "icdar2015", sweep=sweep)
     except ScoreError as err:

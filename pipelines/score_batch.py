@@ -41,7 +41,10 @@ def _read_csv(buf: bytes, types: dict):
             read_options=pacsv.ReadOptions(column_names=list(types), use_threads=False),
             parse_options=pacsv.ParseOptions(quote_char=False, double_quote=False, escape_char=False),
             convert_options=pacsv.ConvertOptions(
-                column_types=types, null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False
+                column_types=types,
+                null_values=[],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
             ),
         )
     except (pa.ArrowException, ValueError):
@@ -79,7 +82,9 @@ def submissions(items: dict[Path, bytes]):
         start = 0
         for path, _, n in files:
             out[path] = Submission(
-                PackedPolygons(flat[start : start + n].reshape(-1, 2), np.full(n, n_coords // 2, dtype=np.int64)),
+                PackedPolygons(
+                    flat[start : start + n].reshape(-1, 2), np.full(n, n_coords // 2, dtype=np.int64)
+                ),
                 scores[start : start + n],
                 np.arange(1, n + 1, dtype=np.int64),
                 int(ccw[start : start + n].sum()),
@@ -110,7 +115,9 @@ def icdar2015_ground_truth(items: dict[Path, bytes]):
     out = {}
     start = 0
     for path, _, n in files:
-        out[path] = GroundTruth(path, PackedPolygons.quads(coords[start : start + n]), ignore[start : start + n])
+        out[path] = GroundTruth(
+            path, PackedPolygons.quads(coords[start : start + n]), ignore[start : start + n]
+        )
         start += n
     return out
 

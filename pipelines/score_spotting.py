@@ -65,7 +65,9 @@ def _parse(path: Path, totaltext: bool, confidences: bool) -> SpottingFile:
         raise SpottingScoreError(str(err)) from None
 
 
-def _ground_truth(gt_dir: Path, protocol: str, gt_format: str | None) -> dict[str, tuple[Path, SpottingImage]]:
+def _ground_truth(
+    gt_dir: Path, protocol: str, gt_format: str | None
+) -> dict[str, tuple[Path, SpottingImage]]:
     """Ground truth by image key, as SpottingImage objects without detections yet."""
     if not gt_dir.is_dir():
         raise SpottingScoreError(f"{gt_dir}: ground-truth folder does not exist")
@@ -132,7 +134,9 @@ def _predictions(
 def _image(gt: SpottingImage, pred: SpottingFile | None) -> SpottingImage:
     if pred is None:
         return gt
-    return dataclasses.replace(gt, det=pred.polygons, det_texts=pred.texts, scores=pred.scores, det_lines=pred.lines)
+    return dataclasses.replace(
+        gt, det=pred.polygons, det_texts=pred.texts, scores=pred.scores, det_lines=pred.lines
+    )
 
 
 def _natural(key: str) -> tuple[int, int | str]:
@@ -152,7 +156,9 @@ def score_spotting(
     except ValueError as err:
         raise SpottingScoreError(str(err)) from None
     if gt_format is not None and protocol != "totaltext-e2e":
-        raise SpottingScoreError("--gt-format applies to --protocol totaltext-e2e (IC15 GT is read as the script)")
+        raise SpottingScoreError(
+            "--gt-format applies to --protocol totaltext-e2e (IC15 GT is read as the script)"
+        )
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     gt = _ground_truth(gt_dir, protocol, gt_format)
     preds = _predictions(pred_dir, protocol, confidences, gt, gt_dir)
@@ -191,7 +197,9 @@ def score_spotting(
         "detection_only": result.detection_only,
         "per_image": per_image,
         "missing_predictions": [k for k in keys if k not in preds],
-        "misoriented": {preds[k][0].name: preds[k][1].misoriented for k in keys if k in preds and preds[k][1].misoriented},
+        "misoriented": {
+            preds[k][0].name: preds[k][1].misoriented for k in keys if k in preds and preds[k][1].misoriented
+        },
     }
     if confidences:
         out["ap"] = result.ap
@@ -201,7 +209,8 @@ def score_spotting(
 def spotting_summary(result: dict) -> str:
     c, det = result["counts"], result["detection_only"]
     lines = [
-        f"protocol   {result['protocol']['name']}" + (" (confidences)" if result["protocol"]["confidences"] else ""),
+        f"protocol   {result['protocol']['name']}"
+        + (" (confidences)" if result["protocol"]["confidences"] else ""),
         f"images     {c['images']} ({len(result['missing_predictions'])} without a prediction file)",
         f"precision  {result['precision']:.4f}  ({c['hits']} / {c['det_care']} care detections read right)",
         f"recall     {result['recall']:.4f}  ({c['hits']} / {c['gt_care']} care ground truths)",

@@ -22,7 +22,7 @@ class WordScoreError(ValueError):
 
 def _labels(path: Path) -> list[words43.WordLabel]:
     if not path.is_file():
-        raise WordScoreError(f"{path}: no such label file (task 4.3 form: word_<n>.png, \"text\")")
+        raise WordScoreError(f'{path}: no such label file (task 4.3 form: word_<n>.png, "text")')
     try:
         return words43.parse(path.read_bytes(), str(path))
     except AnnotationError as err:

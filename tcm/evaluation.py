@@ -41,6 +41,10 @@ FAST_MAX_POINTS corners) get their intersection area from batched numpy clipping
 clipped edges); the others from one vectorised GEOS call. The two differ by ~1e-13, so any ratio within
 SETTLE_TOL of a threshold is recomputed by GEOS before the comparison: decisions are exactly those of a plain
 shapely evaluation. The sweep computes the areas once per image and only re-thresholds (mmocr issue #847).
+Inputs may be (ground truth, detections) pairs or `PackedImage`s (all corners of an image in one array: what
+file readers build without a Python object per polygon). `evaluate(..., keep_iou=False)` keeps no (G, D) IoU
+matrix and, for the IoU protocol, skips pairs whose bounding-box bound (inter <= area of the boxes'
+intersection) cannot reach IoU > thr or a don't-care cover > thr: the same decisions, fewer intersections.
 """
 
 from __future__ import annotations

@@ -141,11 +141,7 @@ def transcription_match(gt: str, det: str, protocol: SpottingProtocol = E2E) -> 
     if not gt:  # the script indexes gt[0] here (an exception, counted as no match by AdelaiDet)
         return False
     first, last = gt[0] in special, gt[-1] in special
-    return (
-        (first and gt[1:] == det)
-        or (last and gt[:-1] == det)
-        or (first and last and gt[1:-1] == det)
-    )
+    return (first and gt[1:] == det) or (last and gt[:-1] == det) or (first and last and gt[1:-1] == det)
 
 
 def care_ground_truth(texts: Sequence[str], ignore: Sequence[bool], protocol: SpottingProtocol):
@@ -196,7 +192,9 @@ def _by_confidence(im: SpottingImage) -> tuple[SpottingImage, np.ndarray]:
     order = np.argsort(-im.scores, kind="stable")  # (D,)
     sizes = im.det.sizes
     start = np.cumsum(sizes) - sizes  # (D,)
-    corner = np.concatenate([np.arange(start[i], start[i] + sizes[i]) for i in order]) if len(order) else order
+    corner = (
+        np.concatenate([np.arange(start[i], start[i] + sizes[i]) for i in order]) if len(order) else order
+    )
     det = PackedPolygons(im.det.flat[corner.astype(np.int64)], sizes[order])
     lines = im.det_lines[order] if im.det_lines is not None else None
     texts = [im.det_texts[i] for i in order]

@@ -84,7 +84,9 @@ def score_words(
             continue
         has = name in pred
         p = adapt(pred[name]) if has else ""
-        words.append(WordScore(name, kept.label, p, p == kept.label, normalized_edit_distance(p, kept.label), has))
+        words.append(
+            WordScore(name, kept.label, p, p == kept.label, normalized_edit_distance(p, kept.label), has)
+        )
     n = len(words)
     accuracy = sum(w.correct for w in words) / n if n else 0.0
     one_minus_ned = 1.0 - sum(w.ned for w in words) / n if n else 0.0

@@ -84,7 +84,9 @@ def test_e2e_on_the_fixture(ic15_fixture: Path, perturbed: Path) -> None:
     one = result["per_image"]["1"]
     assert (one["gt_care"], one["det_care"], one["hits"]) == (4, 5, 2)
     carpark = [p for p in one["pairs"] if p["gt_text"] == "Carpark"]
-    assert carpark == [{"gt": 4, "det_line": 4, "gt_text": "Carpark", "det_text": "Carpork", "correct": False}]
+    assert carpark == [
+        {"gt": 4, "det_line": 4, "gt_text": "Carpark", "det_text": "Carpork", "correct": False}
+    ]
     assert result["per_image"]["4"]["precision"] == 1.0 and result["per_image"]["4"]["recall"] == 1.0
     assert result["per_image"]["3"]["recall"] == 0.0  # no file: both fusionopolis missed
     # Detection only (text ignored, same care sets here): every care GT with a box on it matches once: img1 4,
@@ -171,7 +173,9 @@ def test_cli_json_and_orientation_warning(ic15_fixture: Path, tmp_path: Path) ->
     assert table.exit_code == 0 and "hmean" in table.stdout and "word-spotting" in table.stdout
     (pred / "res_img_2.txt").write_text("1,2,3,4,5,6,7\n")
     bad = runner.invoke(cli(), args)
-    assert bad.exit_code == 1 and f"{pred / 'res_img_2.txt'}:1: " in bad.stderr and "Traceback" not in bad.output
+    assert (
+        bad.exit_code == 1 and f"{pred / 'res_img_2.txt'}:1: " in bad.stderr and "Traceback" not in bad.output
+    )
     helps = runner.invoke(cli(), ["score", "--help"]).stdout
     assert "word-spotting" in helps and "refuse" in helps and "--confidences" in helps
 
@@ -201,7 +205,9 @@ def test_totaltext_polygons(tmp_path: Path) -> None:
     assert result["detection_only"] == {"precision": 1.0, "recall": 1.0, "hmean": 1.0}
     (pred / "0000012.txt").write_text(f"{arc},####HELLO\n")  # the arc TL-first, clockwise on screen
     again = score_spotting(gt, pred, "totaltext-e2e")
-    assert again["misoriented"] == {"0000012.txt": 1} and again["counts"]["hits"] == 1  # same region, same score
+    assert (
+        again["misoriented"] == {"0000012.txt": 1} and again["counts"]["hits"] == 1
+    )  # same region, same score
 
 
 def test_totaltext_with_the_dataset_reader(tmp_path: Path) -> None:

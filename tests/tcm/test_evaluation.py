@@ -462,8 +462,12 @@ def test_pruned_evaluation_takes_the_same_decisions() -> None:
     rng = np.random.default_rng(11)
     scenes = []
     for _ in range(40):
-        truth = [Instance(rect(*xy, xy[0] + w, xy[1] + h), ignore=bool(rng.random() < 0.3))
-                 for xy, w, h in zip(rng.uniform(0, 300, (12, 2)), rng.uniform(10, 80, 12), rng.uniform(5, 30, 12))]
+        corners = rng.uniform(0, 300, (12, 2))  # (12, 2) top-left corners
+        sizes = np.stack([rng.uniform(10, 80, 12), rng.uniform(5, 30, 12)], axis=1)  # (12, 2) w, h
+        truth = [
+            Instance(rect(*xy, *(xy + wh)), ignore=bool(rng.random() < 0.3))
+            for xy, wh in zip(corners, sizes, strict=True)
+        ]
         found = []
         for g in truth:  # near copies: IoU and don't-care cover around their thresholds
             for _ in range(2):

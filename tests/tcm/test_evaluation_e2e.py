@@ -56,7 +56,9 @@ def test_worked_cases_word_spotting(gt: str, pred: str, e2e: bool, ws: bool | st
     if ws == "dc":
         # the GT is don't care and the detection on it (area precision 1 > 0.5) is set aside: nothing counts
         assert res.counts == {"images": 1, "gt_care": 0, "det_care": 0, "hits": 0}
-        assert res.per_image[0].gt_dontcare.tolist() == [True] and res.per_image[0].det_dontcare.tolist() == [True]
+        assert res.per_image[0].gt_dontcare.tolist() == [True] and res.per_image[0].det_dontcare.tolist() == [
+            True
+        ]
         assert (res.per_image[0].precision, res.per_image[0].recall) == (1.0, 1.0)  # the script's empty image
     else:
         assert res.counts == {"images": 1, "gt_care": 1, "det_care": 1, "hits": int(ws)}
@@ -74,7 +76,9 @@ def test_text_rules_directly() -> None:
     assert not transcription_match("((06))", "06")  # one character at each end only
     assert not transcription_match("HELLO", "HELLO!")  # the prediction's extra ! is never dropped
     assert not transcription_match("", "A") and transcription_match("", "")
-    assert transcription_match("hello", "HeLLo", WORD_SPOTTING) and not transcription_match("hello!", "hello", WORD_SPOTTING)
+    assert transcription_match("hello", "HeLLo", WORD_SPOTTING) and not transcription_match(
+        "hello!", "hello", WORD_SPOTTING
+    )
 
 
 def test_duplicates_in_both_orders_and_dont_care_detections() -> None:
@@ -95,7 +99,9 @@ def test_duplicates_in_both_orders_and_dont_care_detections() -> None:
     assert res.per_image[0].pairs == [(0, 0, False), (1, 2, True)]
     assert res.per_image[0].det_dontcare.tolist() == [False, False, False, False, True, False]
     # sorted by confidence, the right Hello comes first and scores; ties keep file order
-    scored = [SpottedWord(w.points, w.text, s) for w, s in zip(words, [0.2, 0.9, 0.5, 0.5, 0.1, 0.1], strict=True)]
+    scored = [
+        SpottedWord(w.points, w.text, s) for w, s in zip(words, [0.2, 0.9, 0.5, 0.5, 0.1, 0.1], strict=True)
+    ]
     res = evaluate_spotting([spotting_image(gt, texts, [False] * 3, scored)], E2E, confidences=True)
     assert res.counts["hits"] == 2 and res.per_image[0].order.tolist() == [1, 2, 3, 0, 4, 5]
     # AP: care dets by confidence: Hello (hit), world (hit), Wrld, Helo, far -> (1/1 + 2/2) / 2 care GT = 1.0
@@ -131,7 +137,7 @@ def test_parse_rrc_e2e_lines() -> None:
 
 
 def test_parse_adet_lines() -> None:
-    got = parse_adet("0,0,10,0,10,5,0,5,####\"Tom's\"\n1.5,0,9,0,9,5,####x\n", "0000001.txt")
+    got = parse_adet('0,0,10,0,10,5,0,5,####"Tom\'s"\n1.5,0,9,0,9,5,####x\n', "0000001.txt")
     assert got.texts == ["Tom's", "x"] and got.polygons.sizes.tolist() == [4, 3]
     for bad, message in [
         ("0,0,10,0,10,5,0,5,Hello", "no ',####'"),

@@ -13,7 +13,9 @@ def test_ned_uses_the_longer_string() -> None:
 
 
 def test_combined_row_is_sample_weighted() -> None:
-    a = score_words([("1", "abc"), ("2", "de"), ("3", "fgh"), ("4", "ij")], {"1": "abc", "2": "xx"}, dataset="A")
+    a = score_words(
+        [("1", "abc"), ("2", "de"), ("3", "fgh"), ("4", "ij")], {"1": "abc", "2": "xx"}, dataset="A"
+    )
     b = score_words([("1", "Word")], {"1": "WORD"}, dataset="B")  # 36 chars: case folded, right
     # A: 1 of 4 right; NED 0, 1, 1 (no line), 1 -> 1 - NED = 1/4. B: 1 of 1, 1 - NED = 1.
     assert (a.n, a.accuracy, a.one_minus_ned) == (4, 0.25, 0.25)
