@@ -119,8 +119,18 @@ class CLIP4STR(nn.Module):
 
     # ------------------------------------------------------------------------------------------------- inference
 
-    def forward(self, images: Tensor, *, max_length: int | None = None, early_stop: bool = True) -> dict[str, Tensor]:
+    def forward(
+        self,
+        images: Tensor,
+        *,
+        max_length: int | None = None,
+        early_stop: bool = True,
+        refine_iters: int | None = None,
+    ) -> dict[str, Tensor]:
+        """max_length: decode at most this many characters (default and cap: cfg.max_label_length); early_stop:
+        stop the AR loop once every sequence has its [E]; refine_iters: override cfg.refine_iters."""
         cfg = self.cfg
+        refine_iters = cfg.refine_iters if refine_iters is None else refine_iters
         max_length = cfg.max_label_length if max_length is None else min(max_length, cfg.max_label_length)
         T = max_length + 1  # + [E]
         memory = self.image_encoder(images)  # (B, N, E)
@@ -139,7 +149,7 @@ class CLIP4STR(nn.Module):
             if self.cross_decoder is not None:
                 cross_mem = self.cross_memory(visual_logits, memory)
                 cross_logits = self.cross_decoder(bos, cross_mem, queries=self.cross_decoder.pos_queries[:, :T])
-        for _ in range(cfg.refine_iters):
+        for _ in range(refine_iters):
             visual_logits = self._refine(self.visual_decoder, memory, visual_logits, T)  # (B, T, C)
             if self.cross_decoder is not None:
                 assert cross_logits is not None
