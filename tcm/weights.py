@@ -18,6 +18,7 @@ The recogniser's ViT towers (tcm/recognition/encoder.py) load through `load_clip
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import warnings
@@ -314,16 +315,19 @@ def load_clip_vit_weights(visual: torch.nn.Module, text: torch.nn.Module | None,
     """Copy a ViT CLIP checkpoint (OpenAI ViT-B-16.pt TorchScript, fp16 there, or an open_clip state dict) into
     open_clip towers, in place: `visual.*` -> `visual` (a VisionTransformer), the text keys -> `text` (a
     TextTransformer; None = image tower only). The text positional table is sliced to the tower's context (77 ->
-    16 for CLIP4STR); the image positional table is bilinearly resized when the patch grid differs (e.g. a 32x128
-    input). Raises ValueError naming every missing or mis-shaped key; warns about entries nothing used."""
+    16 for CLIP4STR). CLIP checkpoints are taken to be pretrained on a square patch grid (every OpenAI and
+    open_clip ViT is): when the model's grid differs (e.g. 2 x 8 for a 32x128 input at B/16), the image positional
+    table is bilinearly resized to it, even if the number of rows happens to match. Raises ValueError naming every missing or mis-shaped key; warns about entries nothing used."""
     source = read_clip_state_dict(uri)
     report = LoadReport(uri)
 
     def adapt(key: str, theirs: Tensor, ours: Tensor, report: LoadReport) -> Tensor:
-        if key == VIT_POS_KEY and theirs.shape != ours.shape and theirs.shape[1:] == ours.shape[1:]:
+        if key == VIT_POS_KEY and theirs.shape[1:] == ours.shape[1:]:
             gh, gw = visual.grid_size  # type: ignore[attr-defined]
-            report.resized.append(key)
-            return resize_positional_embedding(theirs.float(), gh, gw)  # CLS kept, 14x14 grid -> ours
+            S = math.isqrt(theirs.shape[0] - 1)  # CLIP checkpoints are pretrained on square grids (14x14 at B/16)
+            if S * S == theirs.shape[0] - 1 and (S, S) != (gh, gw):  # also when only the grid's shape differs
+                report.resized.append(key)
+                return resize_positional_embedding(theirs.float(), gh, gw)  # CLS kept, S x S -> gh x gw
         return _truncate_text_positions(key, theirs, ours, report)
 
     modules: dict[str, torch.nn.Module] = {"visual.": visual}
@@ -348,7 +352,7 @@ def init_clip_vit_weights(visual: torch.nn.Module, text: torch.nn.Module | None,
             "No CLIP weights given (RecognizerConfig.weights is None): the recogniser's CLIP towers start from "
             "random initialisation and recognition will need far longer training. Set weights to ViT-B-16.pt "
             "(OpenAI) or an open_clip ViT-B-16 state dict.",
-            stacklevel=3  # the caller of build_recognizer,
+            stacklevel=3,  # points at the caller of build_recognizer
         )
         return None
     return load_clip_vit_weights(visual, text, uri)
