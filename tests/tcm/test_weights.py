@@ -140,16 +140,22 @@ def test_payload_really_executes_when_unpickled_naively(tmp_path):
     assert marker.exists()
 
 
+def malicious_checkpoints(folder: Path, marker: Path, root: str) -> tuple[Path, Path]:
+    """A state dict and a TorchScript-shaped archive (root/constants.pkl + root/data.pkl) that both run a payload
+    when unpickled naively."""
+    state_dict_file = folder / f"evil_{root}_state_dict.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(1), "x": Payload(marker)}, state_dict_file)
+    script_file = folder / f"evil_{root}.pt"
+    with zipfile.ZipFile(script_file, "w") as z:
+        z.writestr(f"{root}/data.pkl", pickle.dumps(Payload(marker), protocol=2))
+        z.writestr(f"{root}/constants.pkl", pickle.dumps((), protocol=2))
+        z.writestr(f"{root}/version", "3\n")
+    return state_dict_file, script_file
+
+
 def test_malicious_checkpoints_are_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
-    state_dict_file = tmp_path / "evil_state_dict.pt"
-    torch.save({"visual.conv1.weight": torch.zeros(1), "x": Payload(marker)}, state_dict_file)
-    script_file = tmp_path / "evil_RN50.pt"  # TorchScript-shaped: root/constants.pkl + root/data.pkl
-    with zipfile.ZipFile(script_file, "w") as z:
-        z.writestr("RN50/data.pkl", pickle.dumps(Payload(marker), protocol=2))
-        z.writestr("RN50/constants.pkl", pickle.dumps((), protocol=2))
-        z.writestr("RN50/version", "3\n")
-    for path in (state_dict_file, script_file):
+    for path in malicious_checkpoints(tmp_path, marker, "RN50"):
         with pytest.raises(ValueError, match="refusing"):
             read_clip_state_dict(str(path))
         assert not marker.exists()
@@ -294,14 +300,7 @@ def test_recognizer_without_weights_warns():
 
 def test_malicious_vit_checkpoints_are_refused_without_running(tmp_path):
     marker = tmp_path / "pwned"
-    state_dict_file = tmp_path / "evil_vit.pt"
-    torch.save({"visual.conv1.weight": torch.zeros(1), "x": Payload(marker)}, state_dict_file)
-    script_file = tmp_path / "evil_ViT-B-16.pt"
-    with zipfile.ZipFile(script_file, "w") as z:
-        z.writestr("ViT-B-16/data.pkl", pickle.dumps(Payload(marker), protocol=2))
-        z.writestr("ViT-B-16/constants.pkl", pickle.dumps((), protocol=2))
-        z.writestr("ViT-B-16/version", "3\n")
-    for path in (state_dict_file, script_file):
+    for path in malicious_checkpoints(tmp_path, marker, "ViT-B-16"):
         with pytest.raises(ValueError, match="refusing"):
             build_recognizer(RecognizerConfig.tiny(weights=str(path)))
         assert not marker.exists()
