@@ -100,8 +100,8 @@ class RecognizerConfig:
     def tiny(**overrides) -> RecognizerConfig:
         """Scaled-down towers for CPU tests and the demo: 32x128 crops (the PARSeq input), 8x8 patches (4 x 16 grid,
         one column every 8 px so neighbouring characters land in different tokens), 2-layer ViT width 64, 2-layer
-        text tower width 32 (its bottom layer frozen: half, as 6 of 12), decoders width 64. A training step on 64
-        words takes ~0.1 s on one CPU core."""
+        text tower width 32 (its bottom layer frozen: half, as 6 of 12), decoders width 64; 1.9 M parameters, 1.6 M
+        of them the frozen BPE token embedding. A training step on 32 words takes ~0.35 s of one CPU core."""
         values = dict(
             embed_dim=64,
             image_size=(32, 128),

@@ -2,6 +2,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -261,7 +262,7 @@ def load_both_formats(cfg: RecognizerConfig, source: CLIP, folder: Path) -> None
         torch.manual_seed(3)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # nothing unexpected, no "random initialisation" warning
-            recognizer = build_recognizer(RecognizerConfig(**{**cfg.__dict__, "weights": str(path)}))
+            recognizer = build_recognizer(replace(cfg, weights=str(path)))
         assert_vit_loaded_exactly(source, recognizer, half)
         del recognizer
 
@@ -276,7 +277,7 @@ def test_vit_grid_is_resized_and_a_visual_only_model_ignores_text(tmp_path):
     source = vit_clip(cfg, image_size=64)  # 8 x 8 grid; the model's is 4 x 16: same row count, other grid
     path = tmp_path / "clip64.pt"
     torch.save(source.state_dict(), path)
-    recognizer = build_recognizer(RecognizerConfig(**{**cfg.__dict__, "weights": str(path)}))
+    recognizer = build_recognizer(replace(cfg, weights=str(path)))
     report = load_clip_vit_weights(recognizer.image_encoder.visual, None, str(path))  # warns about nothing
     assert report.resized == ["visual.positional_embedding"] and report.unexpected == []
     expected = resize_positional_embedding(source.visual.positional_embedding.detach(), 4, 16)
