@@ -218,7 +218,7 @@ def eval_datasets(cfg: ExperimentConfig, refs: Sequence[Any], detector: Any = No
             det,
             long_side=d.val_long_side,
             short_side=d.val_short_side,
-            canvas=d.val_canvas,
+            max_side=d.val_canvas,
             batch_size=d.map_batch_size,
             num_workers=d.num_workers,
             cpus_per_task=d.cpus_per_task,
