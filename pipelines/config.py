@@ -148,6 +148,24 @@ class TrainConfig(Strict):
     seed: int = 0
     init_from: str | None = None  # warm start (fine-tune) from a checkpoint folder or models:/ URI
     fail_after_epoch: int | None = None  # test hook: raise after reporting this epoch (simulates a crash)
+    # BatchNorm statistics over the global batch, as released (train_ocrclip.py converts the model to SyncBN
+    # under DDP). None = on when use_gpu and num_workers > 1; torch's SyncBatchNorm needs GPU tensors
+    sync_batchnorm: bool | None = None
+
+    @model_validator(mode="after")
+    def _sync_batchnorm_needs_gpu(self) -> TrainConfig:
+        if self.sync_batchnorm and not self.use_gpu:
+            raise ValueError(
+                "train.sync_batchnorm: true needs train.use_gpu: true (torch's SyncBatchNorm runs on GPU tensors "
+                "only); leave it unset to get it whenever training runs on more than one GPU worker"
+            )
+        return self
+
+    def uses_sync_batchnorm(self) -> bool:
+        """Whether the train loop converts BatchNorm to SyncBatchNorm (tcm.build.convert_sync_batchnorm)."""
+        if self.sync_batchnorm is None:
+            return self.use_gpu and self.num_workers > 1
+        return self.sync_batchnorm
 
 
 class MlflowConfig(Strict):

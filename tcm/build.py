@@ -95,3 +95,11 @@ def build_detector(cfg: DetectorConfig, pretrained: bool = True) -> Detector:
         aux_loss=aux_loss_kind(cfg.head),
         **parts,
     )
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm*d of `model` -> SyncBatchNorm, whose statistics span the whole global batch under DDP
+    (the released train_ocrclip.py converts the model when distributed). The new layers hold the same Parameter
+    objects and buffers under the same state-dict keys, so checkpoints load either way; without an initialised
+    process group (or in eval mode) SyncBatchNorm computes plain batch norm. Returns the converted model."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
