@@ -53,7 +53,6 @@ from tcm.data.transforms import (
     colour_jitter,
     decode_image,
     normalize,
-    pad_image,
     random_augment,
     resize_for_test,
 )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tcm.build import build_codec, build_detector
-from tcm.config import DetectorConfig, FCEHeadConfig, HeadConfig, PANHeadConfig
+from tcm.config import DetectorConfig, FCEHeadConfig, PANHeadConfig
 from tcm.detector import normalize
 from tcm.evaluation import evaluate
 from tcm.optim import param_groups

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from tcm.prompts import Attention, ContextDecoder, LanguagePromptGenerator, TextContextDecoder, VisualPromptGenerator
+from tcm.prompts import (
+    Attention,
+    ContextDecoder,
+    LanguagePromptGenerator,
+    TextContextDecoder,
+    VisualPromptGenerator,
+)
 
 
 @pytest.fixture(autouse=True)
