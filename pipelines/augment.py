@@ -53,7 +53,6 @@ from tcm.data.transforms import (
     colour_jitter,
     decode_image,
     normalize,
-    pad_image,
     random_augment,
     resize_for_test,
 )
@@ -212,19 +211,22 @@ def _encode_block_ray(block: pa.Table, *, batch_size: int, **kwargs: Any) -> Ite
 
 
 def eval_row(
-    row: Mapping[str, Any], *, model_cfg: DetectorConfig, long_side: int, short_side: int, canvas: int
+    row: Mapping[str, Any], *, model_cfg: DetectorConfig, long_side: int, short_side: int, max_side: int | None = None
 ) -> dict[str, Any]:
-    """One unified row -> the network input on a canvas x canvas zero pad, `scale` (sx, sy) back to original
-    pixels (the `scale` of Codec.decode) and the ground truth as JSON (original pixels)."""
+    """One unified row -> the network input at its own test size: keep-ratio resize, zero-padded bottom/right
+    only to multiples of 32 (the released test pipeline, `Pad(size_divisor=32)`, batch 1). TCM's global parts
+    see every padded pixel, so a shared larger canvas would change the image's predictions. `max_side` caps the
+    longer resized side (memory). `scale` (sx, sy) maps back to original pixels (the `scale` of Codec.decode);
+    the ground truth goes as JSON (original pixels)."""
     row_id = str(row["id"])
     try:
         image = decode_image(row["image"])
     except ValueError as err:
         raise ValueError(f"row {row_id!r}: {err}") from None
     H, W = image.shape[:2]
-    resized, scale = resize_for_test(image, long_side, short_side, max_side=canvas)
+    padded, scale = resize_for_test(image, long_side, short_side, max_side=max_side)  # (H', W', 3), /32
     return {
-        "image": normalize(pad_image(resized, canvas, canvas), model_cfg.pixel_mean, model_cfg.pixel_std),
+        "image": normalize(padded, model_cfg.pixel_mean, model_cfg.pixel_std),  # (3, H', W')
         "id": row_id,
         "scale": np.asarray(scale, dtype=np.float64),  # (2,)
         "width": W,
@@ -234,13 +236,22 @@ def eval_row(
     }
 
 
+def ragged(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """A batch column of arrays whose shapes may differ: (B,) object array (Ray Data stores it as a
+    variable-shaped tensor column; `np.stack` would fail on images of different test sizes)."""
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
 def encode_eval_batch(
     batch: pa.Table | Mapping[str, Any],
     *,
     model_cfg: DetectorConfig,
     long_side: int,
     short_side: int,
-    canvas: int,
+    max_side: int | None = None,
 ) -> dict[str, np.ndarray]:
     cols = _columns(batch)
     rows = [
@@ -249,14 +260,14 @@ def encode_eval_batch(
             model_cfg=model_cfg,
             long_side=long_side,
             short_side=short_side,
-            canvas=canvas,
+            max_side=max_side,
         )
         for i in range(len(cols["id"]))
     ]
     if not rows:
         return {}
     return {
-        "image": np.stack([r["image"] for r in rows]),  # (B, 3, canvas, canvas)
+        "image": ragged([r["image"] for r in rows]),  # (B,) of (3, H_i, W_i): each image at its own size
         "scale": np.stack([r["scale"] for r in rows]),  # (B, 2)
         "width": np.array([r["width"] for r in rows], dtype=np.int64),
         "height": np.array([r["height"] for r in rows], dtype=np.int64),
@@ -469,19 +480,17 @@ def eval_dataset(
     *,
     long_side: int,
     short_side: int,
-    canvas: int | None = None,
+    max_side: int | None = None,
     fraction: float = 1.0,
     batch_size: int = MAP_BATCH_SIZE,
     num_workers: int = NUM_WORKERS,
     cpus_per_task: float = 1.0,
 ) -> ray.data.Dataset:
-    """Validation / test rows, no augmentation: keep-ratio resize (long_side, short_side) as mmcv, padded to a
-    square `canvas` (default: long_side rounded up to /32; images that would exceed it are resized down to fit)
-    so batches stack. Columns: image (B, 3, canvas, canvas) float32, id, scale (B, 2) = (sx, sy) for
-    Codec.decode, width, height (original), gt_polygons / gt_ignore (JSON, original pixels; see `parse_gt`)."""
-    canvas = canvas or -(-long_side // 32) * 32
-    if canvas % 32:
-        raise ValueError(f"eval canvas {canvas} must be a multiple of 32 (the backbone's stride)")
+    """Validation / test rows, no augmentation: keep-ratio resize (long_side, short_side) as mmcv, each image
+    padded only to multiples of 32 (`eval_row`; `max_side` caps the longer side). Columns: image (B,) of
+    (3, H_i, W_i) float32 (sizes differ: consumers batch equal sizes, pipelines.evaluate.size_groups), id,
+    scale (B, 2) = (sx, sy) for Codec.decode, width, height (original), gt_polygons / gt_ignore (JSON, original
+    pixels; see `parse_gt`)."""
     rows = select_rows(
         [(manifest_uri, 1.0)],
         split,
@@ -501,6 +510,6 @@ def eval_dataset(
             "model_cfg": model_cfg,
             "long_side": long_side,
             "short_side": short_side,
-            "canvas": canvas,
+            "max_side": max_side,
         },
     )

@@ -105,8 +105,9 @@ class DataConfig(Strict):
     # keep-ratio test resize (mmdet img_scale = (long, short)); TCM IC15 / CTW1500 test at (4068, 1024)
     val_long_side: int = Field(4068, gt=0)
     val_short_side: int = Field(1024, gt=0)
-    # square zero-padded test canvas (multiple of 32) so batches stack; images that would exceed it are resized
-    # down to fit. None = val_long_side rounded up to 32. IC15 (1280x720 at short side 1024 -> 1820): 1824
+    # cap on the longer side of a resized test image (memory); each image is padded only to multiples of 32,
+    # as released (a shared square canvas changed predictions: TCM's global parts see the padding). None = no
+    # cap beyond the keep-ratio resize. The name stays from when images were pasted on such a canvas
     val_canvas: int | None = Field(None, gt=0, multiple_of=32)
     map_batch_size: int = Field(4, gt=0)  # rows per augmentation call: 4 x (image + DB maps) at 640 ~ 60 MB
     num_workers: int = Field(2, gt=0)  # concurrent augmentation tasks (2-core CI machine; raise on a cluster)
@@ -147,6 +148,24 @@ class TrainConfig(Strict):
     seed: int = 0
     init_from: str | None = None  # warm start (fine-tune) from a checkpoint folder or models:/ URI
     fail_after_epoch: int | None = None  # test hook: raise after reporting this epoch (simulates a crash)
+    # BatchNorm statistics over the global batch, as released (train_ocrclip.py converts the model to SyncBN
+    # under DDP). None = on when use_gpu and num_workers > 1; torch's SyncBatchNorm needs GPU tensors
+    sync_batchnorm: bool | None = None
+
+    @model_validator(mode="after")
+    def _sync_batchnorm_needs_gpu(self) -> TrainConfig:
+        if self.sync_batchnorm and not self.use_gpu:
+            raise ValueError(
+                "train.sync_batchnorm: true needs train.use_gpu: true (torch's SyncBatchNorm runs on GPU tensors "
+                "only); leave it unset to get it whenever training runs on more than one GPU worker"
+            )
+        return self
+
+    def uses_sync_batchnorm(self) -> bool:
+        """Whether the train loop converts BatchNorm to SyncBatchNorm (tcm.build.convert_sync_batchnorm)."""
+        if self.sync_batchnorm is None:
+            return self.use_gpu and self.num_workers > 1
+        return self.sync_batchnorm
 
 
 class MlflowConfig(Strict):

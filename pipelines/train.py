@@ -218,7 +218,7 @@ def eval_datasets(cfg: ExperimentConfig, refs: Sequence[Any], detector: Any = No
             det,
             long_side=d.val_long_side,
             short_side=d.val_short_side,
-            canvas=d.val_canvas,
+            max_side=d.val_canvas,
             batch_size=d.map_batch_size,
             num_workers=d.num_workers,
             cpus_per_task=d.cpus_per_task,
@@ -426,7 +426,7 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
     import ray.train.torch
 
     from pipelines.checkpoint import load_model_state, read_checkpoint
-    from tcm.build import build_codec, build_detector
+    from tcm.build import build_codec, build_detector, convert_sync_batchnorm
 
     cfg = ExperimentConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
@@ -450,6 +450,8 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
     elif cfg.train.init_from:
         load_model_state(model, _load_init(cfg.train.init_from, config.get("tracking_uri")), det_cfg)
 
+    if cfg.train.uses_sync_batchnorm():
+        model = convert_sync_batchnorm(model)  # released: SyncBN under DDP; same parameters, same state-dict keys
     model.to(device)
     optimizer = make_optimizer(model, cfg)  # before DDP: param_groups freezes parts (requires_grad=False)
     use_amp = cfg.train.amp and device.type == "cuda"

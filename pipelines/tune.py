@@ -44,7 +44,6 @@ def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
         "model.tcm.num_prompts": int(params["num_prompts"]),
         "optim.image_encoder_lr_factor": float(params["image_encoder_lr_factor"]),
         "optim.text_encoder_lr_factor": float(params["text_encoder_lr_factor"]),
-        "model.tcm.train_text_encoder": float(params["text_encoder_lr_factor"]) > 0,
         "optim.lr": float(params["lr"]),
     }
 
