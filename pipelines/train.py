@@ -200,6 +200,18 @@ def eval_datasets(cfg: ExperimentConfig, refs: Sequence[Any], detector: Any = No
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
+def steps_per_epoch(cfg: ExperimentConfig) -> int:
+    """Training steps of one epoch on each worker: train.steps_per_epoch, else the manifests' rows of the train
+    split (x fraction) over the global batch."""
+    if cfg.train.steps_per_epoch:
+        return cfg.train.steps_per_epoch
+    split, rows = train_split(cfg), 0
+    for ref in cfg.data.train:
+        manifest = json.loads(storage.read_bytes(storage.resolve(ref.uri).join(MANIFEST)))
+        rows += int(manifest.get("splits", {}).get(split, 0))
+    return max(1, math.ceil(rows * cfg.data.fraction / (cfg.data.batch_size * cfg.train.num_workers)))
+
+
 def latest_epoch(storage_uri: str, name: str) -> int:
     """Completed epochs of the newest checkpoint folder of run `name` (0 when none): sets the augmentation
     stream of a resumed run. Train V2 itself decides which checkpoint is restored."""
@@ -273,6 +285,7 @@ def build_trainer(
         "mlflow_run_id": run_id,
         "data_tags": tags,
         "secrets": WorkerSecrets.from_env(),
+        "steps_per_epoch": steps_per_epoch(cfg),  # a per-step schedule's length (optim.schedule: onecycle)
     }
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
     trainer = TorchTrainer(
@@ -498,10 +511,31 @@ def poly_lr(cfg: ExperimentConfig, epoch_index: int) -> float:
     return (o.lr - o.min_lr) * coeff + o.min_lr
 
 
+def onecycle_lr(cfg: ExperimentConfig, progress: float) -> float:
+    """torch's OneCycleLR (cosine both ways, div_factor 25, final_div_factor 1e4) at `progress` (0..1) of the
+    run: warm-up over optim.warmup_fraction from lr/25 to lr, then down to lr/25/1e4 (CLIP4STR, per step)."""
+    o, p = cfg.optim, min(max(progress, 0.0), 1.0)
+    start, end = o.lr / 25, o.lr / 25 / 1e4
+
+    def cos(a: float, b: float, t: float) -> float:
+        return b + (a - b) / 2 * (1 + math.cos(math.pi * t))
+
+    if p < o.warmup_fraction:
+        return cos(start, o.lr, p / o.warmup_fraction)
+    return cos(o.lr, end, (p - o.warmup_fraction) / max(1 - o.warmup_fraction, 1e-9))
+
+
+def set_step_lr(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, progress: float) -> None:
+    """optim.schedule onecycle: every group's lr at this step (its factor of the base)."""
+    base = onecycle_lr(cfg, progress)
+    for g in optimizer.param_groups:
+        g["lr"] = base * g["lr_factor"]
+
+
 def set_poly_lr(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, epoch_index: int) -> dict[str, float]:
     """Set every group's lr for this epoch. A group with factor 0 stays at exactly 0 (frozen), unlike mmcv's
-    poly which would lift it to min_lr."""
-    base = poly_lr(cfg, epoch_index)
+    poly which would lift it to min_lr. (optim.schedule onecycle: its value at the epoch's start.)"""
+    base = poly_lr(cfg, epoch_index) if cfg.optim.schedule == "poly" else onecycle_lr(cfg, epoch_index / cfg.train.epochs)
     out = {}
     for g in optimizer.param_groups:
         g["lr"] = base * g["lr_factor"]
@@ -524,7 +558,10 @@ def _train_epoch(w: _Worker, shard: Any) -> dict[str, float]:
     batches = shard.iter_torch_batches(
         batch_size=cfg.data.batch_size, collate_fn=_tensors, device=w.device, drop_last=False, prefetch_batches=2
     )
-    for batch in _limit(batches, cfg.train.steps_per_epoch):
+    per_epoch = max(int(w.loop.get("steps_per_epoch") or 1), 1)
+    for step, batch in enumerate(_limit(batches, cfg.train.steps_per_epoch)):
+        if cfg.optim.schedule == "onecycle":
+            set_step_lr(w.optimizer, cfg, (w.state.epoch + min(step / per_epoch, 1.0)) / cfg.train.epochs)
         B = batch["image"].shape[0]  # (B, 3, H, W) normalised
         amp = torch.autocast(w.device.type, dtype=w.amp_dtype) if w.amp_dtype else contextlib.nullcontext()
         losses = w.task.losses(w.ddp, w.model, batch, amp)  # the forward through DDP, losses in float32
