@@ -14,7 +14,13 @@ from pipelines.checkpoint import load_model_state, read_checkpoint, save_checkpo
 from pipelines.config import ConfigError, ExperimentConfig, load_config
 from pipelines.tasks import task_for
 from pipelines.tasks.detection import DetectionTask
-from pipelines.tasks.recognition import RecognitionTask, accuracy_table, token_batch, trial_overrides, word_scores
+from pipelines.tasks.recognition import (
+    RecognitionTask,
+    accuracy_table,
+    token_batch,
+    trial_overrides,
+    word_scores,
+)
 from pipelines.train import onecycle_lr
 from tcm.recognition.charset import CHARSET_36
 from tcm.recognition.config import RecognizerConfig
