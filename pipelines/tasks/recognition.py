@@ -70,29 +70,29 @@ def eval_batch(batch: pa.Table, *, aug_cfg: Any) -> dict[str, np.ndarray]:
     }
 
 
-def word_scores(pairs: Sequence[tuple[str, str]], charset: str = PROTOCOL_CHARSET) -> dict[str, float]:
-    """(prediction, ground truth) pairs -> accuracy, 1 - NED (fractions, not %) and the count, both sides
-    through the charset adapter first. NED = Levenshtein / max(len) per word (rapidfuzz)."""
-    from rapidfuzz.distance import Levenshtein
+def word_scores(pairs: Sequence[tuple[str, str]], charset: int = 36) -> dict[str, float]:
+    """(prediction, ground truth) pairs -> accuracy, 1 - NED (fractions) and the counted words, by the STR
+    protocol of `tcm.evaluation_str` (GT preprocessed, predictions through the charset adapter)."""
+    from tcm.evaluation_str import score_words
 
-    adapt = CharsetAdapter(charset)
-    correct = ned = 0.0
-    for pred, gt in pairs:
-        p, g = adapt(pred), adapt(gt)
-        correct += p == g
-        ned += Levenshtein.distance(p, g) / max(len(p), len(g), 1)
-    n = len(pairs)
-    return {"accuracy": correct / max(n, 1), "one_minus_ned": 1 - ned / max(n, 1), "words": float(n)}
+    r = score_words([(str(i), gt) for i, (_, gt) in enumerate(pairs)], {str(i): p for i, (p, _) in enumerate(pairs)},
+                    charset=charset)  # fmt: skip
+    return {"accuracy": r.accuracy, "one_minus_ned": r.one_minus_ned, "words": float(r.n)}
 
 
 def accuracy_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per dataset plus "combined" (every word counted once: the sample-weighted mean)."""
-    by_set: dict[str, list[tuple[str, str]]] = {}
+    """One row per dataset plus "combined" (sample-weighted), by `tcm.evaluation_str` on the 36-char protocol."""
+    from tcm.evaluation_str import results_table, score_words
+
+    by_set: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
-        by_set.setdefault(r["dataset"] or "words", []).append((r["pred"], r["gt"]))
-    table = [{"dataset": name, **word_scores(pairs)} for name, pairs in sorted(by_set.items())]
-    table.append({"dataset": "combined", **word_scores([(r["pred"], r["gt"]) for r in rows])})
-    return table
+        by_set.setdefault(r["dataset"] or "words", []).append(r)
+    results = [
+        score_words([(r["id"], r["gt"]) for r in part], {r["id"]: r["pred"] for r in part}, charset=36, dataset=name)
+        for name, part in sorted(by_set.items())
+    ]
+    return [{"dataset": t.dataset, "words": float(t.n), "accuracy": t.accuracy, "one_minus_ned": t.one_minus_ned}
+            for t in results_table(results)]  # fmt: skip
 
 
 class RecognitionTask:
@@ -202,23 +202,19 @@ class RecognitionTask:
                    "words": combined["words"]}  # fmt: skip
         if out_dir is None:
             return metrics
+        from tcm.evaluation_str import TableRow, format_table
+
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (out_dir / "accuracy_table.json").write_text(json.dumps(table, indent=2))
-        (out_dir / "accuracy_table.md").write_text(_markdown(table))
+        (out_dir / "accuracy_table.md").write_text(format_table([TableRow(r["dataset"], int(r["words"]), r["accuracy"],
+                                                                        r["one_minus_ned"]) for r in table]) + "\n")  # fmt: skip
         (out_dir / "per_word.json").write_text(json.dumps(rows, indent=2))
         if num_samples and images is not None and rows:
             wrong = [r for r in rows if CharsetAdapter(PROTOCOL_CHARSET)(r["pred"]) != CharsetAdapter(PROTOCOL_CHARSET)(r["gt"])]
             chosen = (wrong + [r for r in rows if r not in wrong])[:num_samples]  # errors first
             sample_grid(chosen, images([r["id"] for r in chosen]), out_dir / "samples.png")
         return metrics
-
-
-def _markdown(table: Sequence[Mapping[str, Any]]) -> str:
-    lines = ["| dataset | words | accuracy % | 1 - NED % |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['dataset']} | {int(r['words'])} | {100 * r['accuracy']:.2f} | {100 * r['one_minus_ned']:.2f} |"
-              for r in table]  # fmt: skip
-    return "\n".join(lines) + "\n"
 
 
 def sample_grid(rows: Sequence[Mapping[str, Any]], images: Mapping[str, np.ndarray], path: Path) -> None:

@@ -66,10 +66,11 @@ def test_word_scores_by_hand():
     # "Hello!" vs "hello": equal after the 36-char adapter; "wor" vs "word": 1 edit / 4; "" vs "ab": 2 / 2
     s = word_scores([("Hello!", "hello"), ("wor", "word"), ("", "ab")])
     assert s["accuracy"] == pytest.approx(1 / 3) and s["one_minus_ned"] == pytest.approx(1 - (0 + 0.25 + 1) / 3)
-    rows = [{"dataset": "a", "pred": "x", "gt": "x"}, {"dataset": "b", "pred": "y", "gt": "z"},
-            {"dataset": "b", "pred": "z", "gt": "z"}]  # fmt: skip
+    rows = [{"id": "1", "dataset": "a", "pred": "x", "gt": "x"}, {"id": "2", "dataset": "b", "pred": "y", "gt": "z"},
+            {"id": "3", "dataset": "b", "pred": "Z", "gt": "z"}, {"id": "4", "dataset": "b", "pred": "", "gt": "!"}]  # fmt: skip
     table = accuracy_table(rows)
     assert [r["dataset"] for r in table] == ["a", "b", "combined"]
+    # "!" is empty after the 36-char preprocessing: dropped, not counted; "Z" is adapted to "z"
     assert table[-1]["accuracy"] == pytest.approx(2 / 3) and table[1]["words"] == 2  # weighted by words
 
 
