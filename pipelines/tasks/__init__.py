@@ -10,7 +10,7 @@ detection (TCM) and recognition (CLIP4STR) each implement.
 
 Everything else (the Ray Train loop, checkpoints, MLflow, registration, Tune) is shared. The pieces a task
 owns are the ones that differ: what a row becomes on the CPU workers, how the model computes its loss, how its
-outputs are decoded and how they are scored. See docs/tasks.md.
+outputs are decoded and how they are scored, and what a sweep varies.
 """
 
 from __future__ import annotations
@@ -65,6 +65,13 @@ class Task(Protocol):
         images: Callable[[Sequence[str]], Mapping[str, np.ndarray]] | None = None,
     ) -> dict[str, float]:
         """Metrics over all rows (must hold `primary_metric`); with `out_dir`, the artifact files too."""
+
+    def search_space(self, cfg: Any) -> dict[str, Any]:
+        """Ray Tune's param space from `cfg.tune` (detection: prompts and LR factors; recognition: text freeze
+        depth, decoder LR factor, permutation count)."""
+
+    def trial_overrides(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A trial's sampled params as dotted config keys."""
 
 
 def task_for(model_cfg: DetectorConfig | RecognizerConfig) -> Task:
