@@ -236,7 +236,7 @@ def sample_grid(rows: Sequence[Mapping[str, Any]], images: Mapping[str, np.ndarr
     for ax, r in zip(axes.ravel(), shown, strict=False):
         ax.imshow(images[r["id"]][:, :, ::-1])  # BGR -> RGB
         ok = adapt(r["pred"]) == adapt(r["gt"])
-        title = f"{r['pred']} ({r['confidence']:.2f})" + ("" if ok else f"\ngt: {r['gt']}")
+        title = f"{r['pred'] or '(empty)'} ({r['confidence']:.2f})" + ("" if ok else f"\ngt: {r['gt']}")
         ax.set_title(title, fontsize=8, color="green" if ok else "red")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
