@@ -66,6 +66,9 @@ class Task(Protocol):
     ) -> dict[str, float]:
         """Metrics over all rows (must hold `primary_metric`); with `out_dir`, the artifact files too."""
 
+    def predict_dataset(self, ds: Any, model_uri: str, tracking_uri: str | None, cfg: Any) -> list[Any]:
+        """`tcm evaluate`'s batch inference: an actor pool over eval rows, each actor loading the model once."""
+
     def search_space(self, cfg: Any) -> dict[str, Any]:
         """Ray Tune's param space from `cfg.tune` (detection: prompts and LR factors; recognition: text freeze
         depth, decoder LR factor, permutation count)."""

@@ -98,6 +98,11 @@ class DetectionTask:
 
         return score_pairs(rows, cfg.eval.protocol, out_dir, num_overlays=num_samples, images=images)
 
+    def predict_dataset(self, ds: Any, model_uri: str, tracking_uri: str | None, cfg: Any) -> list[Any]:
+        from pipelines.evaluate import predict_dataset
+
+        return predict_dataset(ds, model_uri, tracking_uri, cfg)
+
     def search_space(self, cfg: Any) -> dict[str, Any]:
         from pipelines.tune import search_space
 

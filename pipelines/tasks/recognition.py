@@ -158,6 +158,21 @@ class RecognitionTask:
             losses = ddp(batch["image"], tokens[:, :L2])
         return {k: v.float() for k, v in losses.items()}
 
+    def predict_dataset(self, ds: Any, model_uri: str, tracking_uri: str | None, cfg: Any) -> list[dict[str, Any]]:
+        """Batch inference over eval word rows with an actor pool (`eval.num_actors` model copies)."""
+        import ray.data
+
+        preds = ds.map_batches(
+            WordPredictor,
+            fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "use_gpu": cfg.eval.use_gpu},
+            batch_size=cfg.eval.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=cfg.eval.num_actors),
+            num_gpus=1 if cfg.eval.use_gpu else 0,
+        )
+        keys = ("id", "dataset", "gt", "pred")
+        return [{**{k: str(r[k]) for k in keys}, "confidence": float(r["confidence"])} for r in preds.iter_rows()]
+
     def search_space(self, cfg: Any) -> dict[str, Any]:
         return search_space(cfg)
 
@@ -241,6 +256,23 @@ def sample_grid(rows: Sequence[Mapping[str, Any]], images: Mapping[str, np.ndarr
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+class WordPredictor:
+    """Ray Data actor: loads the recogniser once, reads and decodes batches of eval word rows."""
+
+    def __init__(self, model_uri: str, tracking_uri: str | None, use_gpu: bool):
+        from pipelines import registry
+
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = registry.load_model(model_uri, tracking_uri).model.to(self.device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = torch.from_numpy(np.asarray(batch["image"], dtype=np.float32))  # (B, 3, H, W)
+        texts, confs = self.model.tokenizer.decode(self.model(images.to(self.device))["logits"])
+        return {"id": batch["id"], "dataset": batch["dataset"], "gt": batch["label"],
+                "pred": np.asarray(texts, dtype=object), "confidence": np.asarray(confs, dtype=np.float64)}  # fmt: skip
 
 
 def search_space(cfg: Any) -> dict[str, Any]:
