@@ -135,6 +135,7 @@ from pipelines.demo import demo_command  # noqa: E402
 from pipelines.evaluate import evaluate_command  # noqa: E402
 from pipelines.export import export_command  # noqa: E402
 from pipelines.predict import predict_command  # noqa: E402
+from pipelines.recognize import recognize_command  # noqa: E402
 from pipelines.retrain import retrain_command  # noqa: E402
 from pipelines.score import score_command  # noqa: E402
 from pipelines.submit import submit_command  # noqa: E402
@@ -147,6 +148,7 @@ app.command("train")(train_command)
 app.command("tune")(tune_command)
 app.command("evaluate")(evaluate_command)
 app.command("predict")(predict_command)
+app.command("recognize")(recognize_command)
 app.command("check-targets")(check_targets_command)
 app.command("score")(score_command)
 app.command("export")(export_command)

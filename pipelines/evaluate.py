@@ -318,6 +318,7 @@ def run_evaluation(
     """Evaluate `model_uri` (models:/…, runs:/… or a checkpoint folder) on ingested datasets `refs`.
 
     Test scale, protocol and actor pool come from `cfg`, else from the config the model was trained with."""
+    from pipelines.tasks import task_for
     from pipelines.train import eval_datasets, init_ray
 
     init_ray()
@@ -328,10 +329,11 @@ def run_evaluation(
     cfg = config_for_model(loaded, cfg)
     if overrides:
         cfg = cfg.with_overrides(overrides, "--set")
-    rows = predict_dataset(eval_datasets(cfg, refs, loaded.detector), model_uri, tracking_uri, cfg)
+    task = task_for(loaded.detector)  # detection: predict_dataset + score_pairs below; recognition: words
+    rows = task.predict_dataset(eval_datasets(cfg, refs, loaded.detector), model_uri, tracking_uri, cfg)
     with tempfile.TemporaryDirectory(prefix="tcm-eval-") as tmp:
         folder = out_dir or Path(tmp)
-        metrics = score_pairs(rows, cfg.eval.protocol, folder, num_overlays=num_overlays, images=overlay_source(refs))
+        metrics = task.score(rows, cfg, folder, num_samples=num_overlays, images=overlay_source(refs))
         run_id = None
         if log_to_mlflow:
             run_id = _log_evaluation(tracking_uri, cfg, model_uri, refs, metrics, folder, run_name, parent_run_id)

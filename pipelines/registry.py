@@ -33,6 +33,7 @@ from pipelines import checkpoint as ckpt_io
 from pipelines import storage
 from pipelines.config import MlflowConfig
 from tcm.config import DetectorConfig
+from tcm.recognition.config import RecognizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def log_model(
     tracking_uri: str,
     run_id: str,
     model: nn.Module,
-    detector: DetectorConfig,
+    detector: DetectorConfig | RecognizerConfig,
     *,
     meta: Mapping[str, Any] | None = None,
     experiment: Mapping[str, Any] | None = None,
@@ -217,13 +218,14 @@ def run_model_uri(tracking_uri: str, run_id: str) -> str | None:
 @dataclass
 class LoadedModel:
     model: nn.Module  # in eval mode, on CPU
-    detector: DetectorConfig
+    detector: DetectorConfig | RecognizerConfig  # the model's config (pipelines.tasks.task_for picks its task)
     experiment: dict[str, Any] | None  # the training run's resolved config (test scale, protocol), when recorded
 
 
 def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
-    """A detector from `models:/…`, `runs:/…` (weights only) or a checkpoint folder (path, file://, s3://)."""
-    from tcm.build import build_detector
+    """A detector or recogniser from `models:/…`, `runs:/…` (weights only) or a checkpoint folder (path, file://,
+    s3://)."""
+    from pipelines.tasks import task_for
 
     if uri.startswith(("models:/", "runs:/")):
         if tracking_uri:
@@ -235,7 +237,7 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
             ckpt = ckpt_io.read_checkpoint(folder, with_train_state=False)
     else:
         ckpt = ckpt_io.load_checkpoint(uri)
-    model = build_detector(ckpt.detector, pretrained=False)  # every weight comes from the checkpoint
+    model = task_for(ckpt.detector).build_model(ckpt.detector, pretrained=False)  # weights from the checkpoint
     ckpt_io.load_model_state(model, ckpt, ckpt.detector)
     return LoadedModel(model.eval(), ckpt.detector, ckpt.experiment)
 

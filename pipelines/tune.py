@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from pipelines import registry
-from pipelines.config import ConfigError, ExperimentConfig, load_config
+from pipelines.config import ConfigError, ExperimentConfig, ModelConfig, load_config
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,11 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], parent_run_id: st
     from pipelines.train import build_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
+    from pipelines.tasks import task_for
+
     cfg = ExperimentConfig.model_validate(base)
-    cfg = cfg.with_overrides({**trial_overrides(params), "name": trial_name(cfg.name, trial_id)}, source="tune trial")
+    choices = task_for(cfg.tcm_config()).trial_overrides(params)  # detection: trial_overrides above
+    cfg = cfg.with_overrides({**choices, "name": trial_name(cfg.name, trial_id)}, source="tune trial")
     built = build_trainer(
         cfg,
         parent_run_id=parent_run_id,
@@ -81,7 +84,7 @@ class TrialSummary:
     trial_id: str
     mlflow_run_id: str | None
     params: dict[str, Any]
-    val_hmean: float
+    val_hmean: float  # the task's primary validation metric (val_score): hmean, a recogniser's word accuracy
     epochs: int
     model_uri: str | None
 
@@ -102,6 +105,7 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from pipelines.tasks import task_for
     from pipelines.train import check_storage, data_hashes, resolve_storage, with_absolute_paths
 
     if not ray.is_initialized():
@@ -134,9 +138,9 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
     )
     tuner = tune.Tuner(
         trainable,
-        param_space=search_space(cfg),
+        param_space=task_for(cfg.tcm_config()).search_space(cfg),  # detection: search_space above
         tune_config=tune.TuneConfig(
-            metric="val_hmean",
+            metric="val_score",  # the task's primary metric (= val_hmean for detection)
             mode="max",
             num_samples=t.num_samples,
             # the limit lives on the generator: Tune ignores max_concurrent_trials for a given generator instance
@@ -190,9 +194,9 @@ def _summaries(grid: Any, tracking_uri: str, experiment_id: str, cfg: Experiment
         model_uri = registry.run_model_uri(tracking_uri, run_id) if run_id else None
         if run_id and model_uri is None and result.error is None:
             registry.finish_run(tracking_uri, run_id, "KILLED")  # stopped early by ASHA, not broken
-        params = {k: result.config[k] for k in ("num_prompts", "image_encoder_lr_factor", "text_encoder_lr_factor", "lr")}
+        params = dict(result.config)  # the sampled search space of the task
         out.append(
-            TrialSummary(trial_id, run_id, params, float(metrics.get("val_hmean", 0.0)), int(metrics.get("epoch", 0)), model_uri)
+            TrialSummary(trial_id, run_id, params, float(metrics.get("val_score", 0.0)), int(metrics.get("epoch", 0)), model_uri)
         )
     return sorted(out, key=lambda s: s.val_hmean, reverse=True)
 
@@ -211,8 +215,12 @@ def tune_command(
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{'trial':<24} {'prompts':>7} {'img lr x':>9} {'txt lr x':>9} {'lr':>9} {'epochs':>6} {'val hmean':>9}")
-    for s in outcome.trials:
+    detector = isinstance(cfg.model, ModelConfig)
+    for s in outcome.trials if not detector else ():  # a recogniser: its own sweep keys and metric
+        typer.echo(f"{s.trial_id:<24} {json.dumps(s.params, sort_keys=True)} epochs {s.epochs} val accuracy {s.val_hmean:.4f}")
+    if detector:
+        typer.echo(f"{'trial':<24} {'prompts':>7} {'img lr x':>9} {'txt lr x':>9} {'lr':>9} {'epochs':>6} {'val hmean':>9}")
+    for s in outcome.trials if detector else ():
         p = s.params
         typer.echo(
             f"{s.trial_id:<24} {p['num_prompts']:>7} {p['image_encoder_lr_factor']:>9.3g} "
