@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from tcm.optim import add_to_group
 from tcm.recognition.config import RecognizerConfig
 
 NO_DECAY_NAMES = ("pos_queries", "text_embed", "logit_scale")  # released `exclude` names beyond ndim/norm/bias
@@ -40,14 +41,5 @@ def param_groups(model: nn.Module, cfg: RecognizerConfig, lr: float, weight_deca
         if not param.requires_grad:
             continue
         part, factor = ("encoder", 1.0) if id(param) in encoder_ids else ("decoder", cfg.decoder_lr_factor)
-        decay = _decays(name, param)
-        key = (part, decay)
-        if key not in groups:
-            groups[key] = {
-                "name": f"{part}/{'decay' if decay else 'no_decay'}",
-                "params": [],
-                "lr": lr * factor,
-                "weight_decay": weight_decay if decay else 0.0,
-            }
-        groups[key]["params"].append(param)
+        add_to_group(groups, part, _decays(name, param), param, lr * factor, weight_decay)
     return list(groups.values())
