@@ -186,6 +186,7 @@ def build_datasets(cfg: ExperimentConfig, first_epoch: int = 1) -> dict[str, Any
             num_workers=d.num_workers,
             cpus_per_task=d.cpus_per_task,
             object_store_budget_gib=d.object_store_budget_gib,
+            deterministic=d.deterministic,
         )
     }
     if d.val:
@@ -201,6 +202,7 @@ def ingest_config(cfg: ExperimentConfig) -> Any:
     from pipelines.augment import with_budget
 
     options = with_budget(ray.train.DataConfig.default_ingest_options(), cfg.data.object_store_budget_gib)
+    options.preserve_order = cfg.data.deterministic  # the split follows block order too (ignores locality)
     return ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": options})
 
 
@@ -402,6 +404,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if w.rank == 0:
         log.info("[tcm] %s: epochs %d..%d on %d worker(s), device %s", cfg.name, state.epoch + 1, E, w.world, w.device)
     for epoch in range(state.epoch + 1, E + 1):
+        # dropout draws from (seed, epoch, rank), not from where the process's generator happens to be: a resumed
+        # run draws in epoch k what an uninterrupted one draws there
+        torch.manual_seed(epoch_seed(cfg.train.seed, epoch, w.rank))
         lrs = set_poly_lr(w.optimizer, cfg, epoch - 1)
         stats = _train_epoch(w, train_shard)
         state.epoch, state.global_step = epoch, state.global_step + int(stats.pop("steps"))
@@ -425,7 +430,7 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
     import ray.train
     import ray.train.torch
 
-    from pipelines.checkpoint import load_model_state, read_checkpoint
+    from pipelines.checkpoint import load_model_state, read_checkpoint, restore_train_state
     from tcm.build import build_codec, build_detector
 
     cfg = ExperimentConfig.model_validate(config["cfg"])
@@ -455,10 +460,8 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
     use_amp = cfg.train.amp and device.type == "cuda"
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
-    if ckpt is not None and ckpt.train_state:
-        optimizer.load_state_dict(ckpt.train_state["optimizer"])
-        if "scaler" in ckpt.train_state:
-            scaler.load_state_dict(ckpt.train_state["scaler"])
+    if ckpt is not None:
+        restore_train_state(ckpt, optimizer, scaler)
     ddp = model
     if world > 1:
         # find_unused_parameters: optional TCM parts can leave parameters without gradients (TCM configs set it)
@@ -474,6 +477,11 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
             print(f"resumed from checkpoint at epoch {ckpt.epoch}", flush=True)  # in the job logs (tests look for it)
     codec = build_codec(det_cfg.head)
     return _Worker(cfg, config, rank, world, device, model, ddp, optimizer, scaler, amp_dtype, codec, logger, state)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """torch's seed for one worker's epoch: a function of (seed, epoch, rank) only."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 def _log_final_model(w: _Worker) -> None:
