@@ -156,6 +156,7 @@ def test_asha_stops_the_clearly_worse_trial_and_the_best_trial_is_the_best_scori
             "data.batch_size=2",
             f"train.init_from={trained}",
             "mlflow.log_model=true",  # the finished trial's model is what the sweep registers
+            "tune.num_samples=1",  # one trial per grid value
             "tune.max_concurrent=1",  # the good trial reaches the rung first
             "tune.grace_period=1",
             "tune.reduction_factor=2",
