@@ -232,7 +232,7 @@ def test_retrain_resumes_a_killed_batch_and_its_gate_decides_on_the_measured_hme
 
     write_dataset("icdar2015", work / "field", n=4, seed=7, split="train", height=256, width=256)
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    assert client.get_model_version_by_alias("tcm-learns", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("tcm-learns", "champion").version) == "1"
 
     # killed in the middle of the batch: after its fine-tune, during the benchmark evaluation
     def killed(*_args, **_kwargs):
@@ -244,13 +244,13 @@ def test_retrain_resumes_a_killed_batch_and_its_gate_decides_on_the_measured_hme
         rt.retrain(_retrain_config(work, 2.0), progress=lambda _m: None)
     monkeypatch.undo()
     (batch,) = _state(work)["batches"]
-    assert batch["stage"] == "trained" and batch["version"] == "2"
+    assert batch["stage"] == "trained" and str(batch["version"]) == "2"
 
     # started again: the batch resumes at its evaluation (no second fine-tune), a margin no model meets
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         measured = rt.retrain(_retrain_config(work, 2.0), progress=lambda _m: None)
-    assert (measured.action, measured.version, measured.batch) == ("not-promoted", "2", "batch-0001")
+    assert (measured.action, str(measured.version), measured.batch) == ("not-promoted", "2", "batch-0001")
     assert len(client.search_model_versions("name='tcm-learns'")) == 2
     new, old = measured.hmean, measured.champion_hmean
     print(f"benchmark hmean: challenger {new:.4f}, champion {old:.4f}")
@@ -266,7 +266,7 @@ def test_retrain_resumes_a_killed_batch_and_its_gate_decides_on_the_measured_hme
         assert (outcomes[side].hmean, outcomes[side].champion_hmean) == (new, old)  # measured again, the same
     assert outcomes["above"].action == "not-promoted"
     assert outcomes["below"].action == "promoted"
-    assert client.get_model_version_by_alias("tcm-learns", "champion").version == "2"
+    assert str(client.get_model_version_by_alias("tcm-learns", "champion").version) == "2"
 
 
 def test_retrain_picks_up_a_changed_file_and_refuses_to_start_under_a_held_lock(work, trained, monkeypatch):
