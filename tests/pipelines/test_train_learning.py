@@ -281,7 +281,7 @@ def test_retrain_picks_up_a_changed_file_and_refuses_to_start_under_a_held_lock(
 
     if not (work / "retrain" / "retrain_state.json").is_file():
         pytest.skip("needs the retrain gate test's first batch (run the module)")
-    gt = sorted((work / "field").glob("gt_*.txt"))[0]
+    gt = sorted((work / "field").rglob("gt_*.txt"))[0]
     before = gt.read_bytes()
     changed = before.replace(b"1", b"2", 1) if b"1" in before else before.replace(b"2", b"3", 1)
     assert changed != before and len(changed) == len(before)
