@@ -283,7 +283,9 @@ def test_retrain_picks_up_a_changed_file_and_refuses_to_start_under_a_held_lock(
         pytest.skip("needs the retrain gate test's first batch (run the module)")
     gt = sorted((work / "field").rglob("gt_*.txt"))[0]
     before = gt.read_bytes()
-    changed = before.replace(b"1", b"2", 1) if b"1" in before else before.replace(b"2", b"3", 1)
+    end = before.index(b"\n") if b"\n" in before else len(before.rstrip())  # the first line's transcription
+    end -= before[:end].endswith(b"\r")
+    changed = before[: end - 1] + (b"Z" if before[end - 1 : end] != b"Z" else b"Y") + before[end:]
     assert changed != before and len(changed) == len(before)
     gt.write_bytes(changed)
 
