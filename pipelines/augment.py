@@ -16,8 +16,11 @@ Reproducibility. Every random draw of a row comes from `row_rng(seed, epoch, rep
 on which worker handles the row or in which order. A Dataset is a plan that re-executes on every pass; pass k
 over the Dataset (the k-th epoch of a training loop, counted by Ray Data itself, as its own seeded `random()`
 expression and file shuffles do) draws the augmentation of epoch `epoch + k`, so one Dataset handed to a trainer
-gives fresh augmentation every epoch and a resumed run passes `epoch=<first epoch>` to continue the same stream.
-Only a completed pass counts: a loop that stops iterating early gets the same augmentation again next time.
+gives fresh augmentation every epoch and a resumed run passes `epoch=<first epoch>` to continue the same stream:
+`train_dataset` starts the Dataset's pass counter at `epoch`, so the seeded file order (Ray hashes (seed, pass))
+continues too. Only a completed pass counts: a loop that stops iterating early gets the same augmentation again
+next time. `deterministic=True` adds Ray Data's `preserve_order`: blocks then leave in the same order on every run
+(and reach the same trainer worker), so a run replays exactly, at the cost of waiting for the slowest task.
 
 Mixing. Each source contributes weight_i / sum(weights) of an epoch of N = sum of the sources' (few-shot) row
 counts: a source whose share exceeds its size is repeated (copy k is another augmentation of the same image,
@@ -420,13 +423,15 @@ def train_dataset(
     num_workers: int = NUM_WORKERS,
     cpus_per_task: float = 1.0,
     object_store_budget_gib: float | None = None,
+    deterministic: bool = False,
 ) -> ray.data.Dataset:
     """Training batches from (manifest_uri, weight) sources: {"image": (B, 3, S, S) float32, <targets of
     model_cfg.head's codec>: (B, ...) float32} with S = aug_cfg.crop_size = model_cfg.input_size.
 
     `epoch`: the epoch of the first pass (a resumed run passes the epoch it resumes at). `cpus_per_task`: CPUs
     each read / augmentation task reserves (lower it when trainer workers hold the machine's CPUs).
-    `object_store_budget_gib`: cap on the object-store memory the stream may fill (`with_budget`)."""
+    `object_store_budget_gib`: cap on the object-store memory the stream may fill (`with_budget`).
+    `deterministic`: rows in the same order on every run (`preserve_order`; see the module docstring)."""
     from tcm.build import build_codec  # driver only: see the module docstring
 
     check_sizes(model_cfg, aug_cfg)
@@ -443,7 +448,8 @@ def train_dataset(
             batch_format="pyarrow",
             compute=ray.data.TaskPoolStrategy(size=num_workers),
             num_cpus=cpus_per_task,
-            fn_kwargs={"codec": codec, "model_cfg": model_cfg, "aug_cfg": aug_cfg, "seed": seed, "epoch": epoch,
+            # epoch 0 + the pass counter, which starts at `epoch` (below)
+            fn_kwargs={"codec": codec, "model_cfg": model_cfg, "aug_cfg": aug_cfg, "seed": seed, "epoch": 0,
                        "batch_size": batch_size},  # fmt: skip
         )
 
@@ -452,11 +458,14 @@ def train_dataset(
         split,
         seed=seed,
         fraction=fraction,
-        epoch=epoch,
         num_workers=num_workers,
         cpus_per_task=cpus_per_task,
         per_source=augment,
     )
+    # pass k of this Dataset is epoch `epoch + k` of the run, for the file order (Ray's FileShuffleConfig hashes
+    # (seed, pass)), the mixing subsets and the augmentation alike: a resumed run continues all three
+    encoded.context._execution_idx = epoch
+    encoded.context.execution_options.preserve_order = deterministic
     with_budget(encoded.context.execution_options, object_store_budget_gib)
     encoded.context.target_max_block_size = TRAIN_BLOCK_MIB * 2**20
     return encoded

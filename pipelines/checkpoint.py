@@ -134,6 +134,18 @@ def load_checkpoint(uri: str, *, with_train_state: bool = False) -> Checkpoint:
         return read_checkpoint(directory, with_train_state=with_train_state)
 
 
+def restore_train_state(
+    ckpt: Checkpoint, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+) -> None:
+    """Put the optimiser (moments, step counts, each group's lr) and the grad scaler back as the checkpoint saved
+    them. A checkpoint without train state (exported weights) leaves both as built."""
+    if not ckpt.train_state:
+        return
+    optimizer.load_state_dict(ckpt.train_state["optimizer"])
+    if scaler is not None and ckpt.train_state.get("scaler"):
+        scaler.load_state_dict(ckpt.train_state["scaler"])
+
+
 def config_diff(checkpoint: Any, current: Any) -> list[tuple[str, Any, Any]]:
     """(dotted field, checkpoint value, current value) for every model field that differs."""
     a = flatten(model_config_to_dict(checkpoint), "model.")

@@ -144,6 +144,12 @@ class DataConfig(Strict):
     val: list[DatasetRef] = Field(default_factory=list)  # concatenated; empty = no validation
     fraction: float = Field(1.0, gt=0, le=1)  # deterministic few-shot subset of training rows (paper: 0.1)
     seed: int = 0  # fixes the few-shot subset and the augmentation streams
+    # Reproducible runs: the training stream keeps its block order (Ray Data `preserve_order`), so every run with
+    # the same seed feeds the same rows in the same order to the same worker, and a run stopped after epoch k and
+    # resumed ends where an uninterrupted run ends (augmentation is drawn from (seed, epoch, row id) either way;
+    # full epochs only: `train.steps_per_epoch` cuts a pass short and Ray Data then replays it). Off by default:
+    # an ordered stream waits for its slowest augmentation task instead of passing on whatever is ready first
+    deterministic: bool = False
     batch_size: int = Field(16, gt=0)  # per worker: TCM configs use samples_per_gpu=16
     augment: AugmentConfig = Field(default_factory=AugmentConfig)  # crop_size defaults to model.input_size
     # recognition: RandAugment of word crops on the CPU workers; image_size defaults to the recogniser's input

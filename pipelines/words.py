@@ -442,9 +442,11 @@ def word_train_dataset(
     batch_size: int = 32,  # words per encode call: 32 x 3 x 224 x 224 float32 = 19 MB
     num_workers: int = 2,  # concurrent CPU tasks: the 2-core CI machine; raise on a cluster
     cpus_per_task: float = 1.0,
+    deterministic: bool = False,
 ):
     """Training batches from word manifests (mixed by weight, few-shot fraction, per-pass reshuffle: the
-    detection stream's `select_rows`): {"image": (B, 3, H, W) float32, "label": (B,) str}."""
+    detection stream's `select_rows`): {"image": (B, 3, H, W) float32, "label": (B,) str}.
+    `deterministic`: rows in the same order on every run (Ray Data's `preserve_order`, as for detection)."""
     import ray.data
 
     from pipelines.augment import select_rows
@@ -452,6 +454,7 @@ def word_train_dataset(
 
     rows = select_rows(sources, split, seed=seed, fraction=fraction, epoch=epoch, num_workers=num_workers,
                        cpus_per_task=cpus_per_task, columns=WORD_COLUMNS)  # fmt: skip
+    rows.context.execution_options.preserve_order = deterministic
     return rows.map_batches(
         encode_word_batch,
         batch_size=batch_size,

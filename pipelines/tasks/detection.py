@@ -46,6 +46,7 @@ class DetectionTask:
             num_workers=d.num_workers,
             cpus_per_task=d.cpus_per_task,
             object_store_budget_gib=d.object_store_budget_gib,
+            deterministic=d.deterministic,
         )
 
     def eval_dataset(self, cfg: Any, ref: Any, model_cfg: DetectorConfig) -> Any:

@@ -126,6 +126,7 @@ class RecognitionTask:
             batch_size=d.map_batch_size,
             num_workers=d.num_workers,
             cpus_per_task=d.cpus_per_task,
+            deterministic=d.deterministic,
         )
         return words.map_batches(token_batch, fn_kwargs={"charset": rec.charset, "max_length": rec.max_label_length})
 
