@@ -20,7 +20,8 @@ from pipelines.config import load_config
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "jobs" / "configs" / "tiny_cpu.yaml"
 TRAIN_IMAGES = 256  # 32 steps of 8 an epoch
-EPOCHS = 14  # 448 steps: held-out hmean 0.7 needs ~400 (the demo's 768 reach ~0.84)
+EPOCHS = 24  # 768 steps, the demo's: from random weights the loss sits on a plateau (~5.7) for 100-250 steps
+# before the maps form, so 448 steps passed 0.7 in some runs and not others (0.72, 0.75 vs 0.0, 0.05, 0.12)
 MIN_HMEAN = 0.7
 
 
@@ -269,6 +270,8 @@ def test_retrain_resumes_a_killed_batch_and_its_gate_decides_on_the_measured_hme
     assert str(client.get_model_version_by_alias("tcm-learns", "champion").version) == "2"
 
 
+@pytest.mark.slow
+@pytest.mark.integration
 def test_retrain_picks_up_a_changed_file_and_refuses_to_start_under_a_held_lock(work, trained, monkeypatch):
     """Runs after the gate test (same raw folder and shards): one file rewritten with new bytes of the same size
     becomes the next batch; a lock held by another run stops `tcm retrain` with exit code 3 before any work."""
