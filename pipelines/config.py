@@ -156,6 +156,10 @@ class MlflowConfig(Strict):
     artifact_location: str | None = None  # None: beside the checkpoints (<storage_path>/mlflow-artifacts)
     registered_model: str | None = "tcm-detector"  # None = log the model but don't register it
     alias: str = "champion"  # registry alias set on the version this run registers
+    # the alias (and retrain's `champion`) only for a model whose validation / benchmark hmean reaches this: a
+    # detector that learned nothing (random init, a few steps) scores 0.0 (one frame-sized box or none per
+    # image); 0.05 is far below any real detector (TCM-DB IC15 ~0.88, the tiny demo 0.8) and above noise
+    promote_min_hmean: float = Field(0.05, ge=0, le=1)
     log_model: bool = True  # mlflow.pytorch.log_model at the end of training
 
     def resolved_tracking_uri(self) -> str:

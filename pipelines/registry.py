@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "tcm.run_key"
 MODEL_URI_TAG = "tcm.model_uri"
+PROMOTION_TAG = "tcm.promotion"  # on a version (and its run) registered without the alias: why
+VAL_HMEAN = "val/hmean"  # the validation hmean training logs: the one name the promotion floor and predict read
 PARENT_TAG = "mlflow.parentRunId"  # = mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID; the UI nests children by it
 _BATCH = 900  # MlflowClient.log_batch accepts at most 1000 metrics / 100 params per call
 
@@ -203,11 +205,77 @@ def log_model(
 
 
 def register_model(tracking_uri: str, model_uri: str, name: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
-    """Register `model_uri` as a new version of `name` and point `alias` at it. Returns the version."""
+    """Register `model_uri` as a new version of `name` and point `alias` at it (no floor: retrain's challenger)."""
+    version = register_version(tracking_uri, model_uri, name, tags)
+    MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
+    return version
+
+
+def register_version(tracking_uri: str, model_uri: str, name: str, tags: Mapping[str, str] | None = None) -> str:
+    """Register `model_uri` as a new version of `name`, no alias. Returns the version."""
     mlflow.set_tracking_uri(tracking_uri)
-    version = mlflow.register_model(model_uri, name, tags=dict(tags or {}))
-    MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+    return str(mlflow.register_model(model_uri, name, tags=dict(tags or {})).version)
+
+
+def promotion_refusal(hmean: float | None, floor: float, what: str = "validation hmean") -> str | None:
+    """None when a model may take an alias, else why not: its metric is missing or below the floor."""
+    if hmean is None:
+        return f"no {what} logged (nothing shows the model detects text); mlflow.promote_min_hmean is {floor:g}"
+    if hmean < floor:
+        return f"{what} {hmean:.4f} < mlflow.promote_min_hmean {floor:g}"
+    return None
+
+
+def set_alias_if_good(
+    tracking_uri: str,
+    name: str,
+    version: str,
+    alias: str,
+    *,
+    run_id: str | None,
+    hmean: float | None,
+    floor: float,
+    what: str = "validation hmean",
+) -> bool:
+    """Point `alias` at `version` when its metric reaches the floor; else leave the alias where it is and say why
+    (a warning, the tag `tcm.promotion` on the version and on its run). Returns whether the alias was set."""
+    client = MlflowClient(tracking_uri)
+    refusal = promotion_refusal(hmean, floor, what)
+    if refusal is None:
+        client.set_registered_model_alias(name, alias, version)
+        return True
+    note = f"registered without alias {alias!r}: {refusal}"
+    log.warning("%s version %s %s", name, version, note)
+    client.set_model_version_tag(name, version, PROMOTION_TAG, note)
+    if run_id:
+        client.set_tag(run_id, PROMOTION_TAG, note)
+    return False
+
+
+def register_promoted(
+    tracking_uri: str,
+    model_uri: str,
+    name: str,
+    alias: str,
+    tags: Mapping[str, str] | None = None,
+    *,
+    run_id: str | None,
+    floor: float,
+    hmean: float | None = None,
+    what: str = "validation hmean",
+) -> tuple[str, bool]:
+    """Register `model_uri` as a new version of `name`; `alias` only when the metric reaches the floor (default
+    metric: the run's logged validation hmean). Returns (version, alias set)."""
+    version = register_version(tracking_uri, model_uri, name, tags)
+    if hmean is None and run_id:
+        hmean = logged_val_hmean(tracking_uri, run_id)
+    ok = set_alias_if_good(tracking_uri, name, version, alias, run_id=run_id, hmean=hmean, floor=floor, what=what)
+    return version, ok
+
+
+def logged_val_hmean(tracking_uri: str, run_id: str) -> float | None:
+    """The run's latest logged validation hmean (None: it never validated)."""
+    return MlflowClient(tracking_uri).get_run(run_id).data.metrics.get(VAL_HMEAN)
 
 
 def run_model_uri(tracking_uri: str, run_id: str) -> str | None:
@@ -219,6 +287,7 @@ class LoadedModel:
     model: nn.Module  # in eval mode, on CPU
     detector: DetectorConfig
     experiment: dict[str, Any] | None  # the training run's resolved config (test scale, protocol), when recorded
+    meta: dict[str, Any] | None = None  # the checkpoint's meta.json: epoch, global_step, mlflow_run_id, val
 
 
 def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
@@ -231,13 +300,34 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
         with tempfile.TemporaryDirectory(prefix="tcm-model-") as tmp:
             folder = download_model_files(uri, tmp)
             if not folder.is_dir():
-                raise ckpt_io.CheckpointError(f"{uri}: not logged by tcm (no extra_files/ with the state dict)")
+                raise ckpt_io.CheckpointError(_no_state_dict(uri, Path(tmp)))
             ckpt = ckpt_io.read_checkpoint(folder, with_train_state=False)
     else:
         ckpt = ckpt_io.load_checkpoint(uri)
     model = build_detector(ckpt.detector, pretrained=False)  # every weight comes from the checkpoint
     ckpt_io.load_model_state(model, ckpt, ckpt.detector)
-    return LoadedModel(model.eval(), ckpt.detector, ckpt.experiment)
+    return LoadedModel(model.eval(), ckpt.detector, ckpt.experiment, ckpt.meta)
+
+
+def _no_state_dict(uri: str, downloaded: Path) -> str:
+    """Why `uri` gave no extra_files/: its files are gone from the artifact store (nothing came down at all),
+    or it is a model tcm did not log (files, but no state dict)."""
+    if not any(p.is_file() for p in downloaded.rglob("*")):
+        return (f"{uri}: model files missing: nothing at {_artifact_location(uri)} (the registry still lists the "
+                "model; its artifact store was emptied or replaced)")  # fmt: skip
+    return f"{uri}: not logged by tcm (no extra_files/ with the state dict at {_artifact_location(uri)})"
+
+
+def _artifact_location(uri: str) -> str:
+    """Where the artifact store keeps `uri`'s files (the URI itself when MLflow cannot say)."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    try:
+        repo = ModelsArtifactRepository if uri.startswith("models:/") else RunsArtifactRepository
+        return storage.redact_uri(repo.get_underlying_uri(uri))
+    except Exception:  # an unknown name or run: the download already said what it could
+        return uri
 
 
 def download_model_files(uri: str, dst: str) -> Path:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import typer
 
-from pipelines import registry, storage
+from pipelines import registry, resources, storage
 from pipelines.config import ConfigError, ExperimentConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -332,6 +332,7 @@ def run_training(cfg: ExperimentConfig, *, register: bool = True) -> TrainOutcom
     built = build_trainer(cfg)
     tracking_uri, run_id = built.tracking_uri, built.run_id
     try:
+        resources.require(resources.training_ask(cfg))  # never wait for ever for GPUs the cluster cannot have
         result = built.trainer.fit()
     except BaseException:
         registry.finish_run(tracking_uri, run_id, "FAILED")
@@ -339,9 +340,10 @@ def run_training(cfg: ExperimentConfig, *, register: bool = True) -> TrainOutcom
     model_uri = registry.run_model_uri(tracking_uri, run_id)
     version = None
     if register and model_uri and cfg.mlflow.registered_model:
-        version = registry.register_model(
-            tracking_uri, model_uri, cfg.mlflow.registered_model, cfg.mlflow.alias, {"run_id": run_id}
-        )
+        version, _ = registry.register_promoted(
+            tracking_uri, model_uri, cfg.mlflow.registered_model, cfg.mlflow.alias, {"run_id": run_id},
+            run_id=run_id, floor=cfg.mlflow.promote_min_hmean,
+        )  # fmt: skip
     registry.finish_run(tracking_uri, run_id, "FINISHED")
     checkpoint = None
     if result.checkpoint is not None:

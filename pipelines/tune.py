@@ -19,7 +19,7 @@ from typing import Any
 
 import typer
 
-from pipelines import registry
+from pipelines import registry, resources
 from pipelines.config import ConfigError, ExperimentConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,8 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
         ),
         run_config=tune.RunConfig(name=sweep_name, storage_path=storage_path, storage_filesystem=filesystem),
     )
-    try:
+    try:  # one trial (its driver + its workers) must fit, or Tune would wait for ever
+        resources.require(resources.training_ask(cfg, f"sweep {sweep_name!r}", extra_cpus=t.driver_cpus))
         grid = tuner.fit()
     except BaseException:
         registry.finish_run(tracking_uri, parent_id, "FAILED")
@@ -168,9 +169,10 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
         parent.tags({"best.trial_id": best.trial_id, "best.mlflow_run_id": best.mlflow_run_id or ""})
         parent.params({f"best.{k}": v for k, v in best.params.items()})
         if register and cfg.mlflow.registered_model:
-            version = registry.register_model(
+            version, _ = registry.register_promoted(
                 tracking_uri, best.model_uri, cfg.mlflow.registered_model, cfg.mlflow.alias,
                 {"run_id": best.mlflow_run_id or "", "sweep_run_id": parent_id},
+                run_id=best.mlflow_run_id, hmean=best.val_hmean, floor=cfg.mlflow.promote_min_hmean,
             )
     with tempfile.TemporaryDirectory(prefix="tcm-sweep-") as tmp:
         path = Path(tmp) / "trials.json"
