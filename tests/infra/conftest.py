@@ -109,8 +109,12 @@ def _stack_cmd(action: str, env: dict[str, str], timeout: float) -> subprocess.C
     )  # fmt: skip
 
 
-def _read_env_sh(path: Path) -> dict[str, str]:
-    return dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if line)
+def _read_env_sh(path: Path, base: dict[str, str]) -> dict[str, str]:
+    """env.sh's variables as `source` sets them (`$PATH` expanded against the shell's own)."""
+    out = dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if line)
+    if "PATH" in out:
+        out["PATH"] = out["PATH"].replace("$PATH", base.get("PATH", os.defpath))
+    return out
 
 
 @pytest.fixture(scope="package")
@@ -126,7 +130,7 @@ def stack():
     if up.returncode != 0:
         _stack_cmd("down", base, timeout=120)
         pytest.fail(f"stack up failed ({up.returncode}):\n{up.stdout[-3000:]}")
-    stack.env |= _read_env_sh(state_dir / "env.sh")
+    stack.env |= _read_env_sh(state_dir / "env.sh", base)
     try:
         yield stack
     finally:

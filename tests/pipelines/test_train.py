@@ -127,7 +127,8 @@ def test_config_errors_stop_the_command_before_any_work(tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_two_workers_train_checkpoint_and_log_to_mlflow(tmp_path, data, tracking_uri):
-    cfg = tiny_config(data, tracking_uri, str(tmp_path / "runs"), "two-workers", "train.epochs=1")
+    # floor 0: this checks registration plumbing (the floor itself: tests/pipelines/test_registry.py)
+    cfg = tiny_config(data, tracking_uri, str(tmp_path / "runs"), "two-workers", "train.epochs=1", "mlflow.promote_min_hmean=0")
     assert cfg.train.num_workers == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

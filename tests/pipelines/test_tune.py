@@ -69,6 +69,7 @@ def test_two_trial_sweep_gives_one_parent_and_two_child_runs(tmp_path, data):
             "train.num_workers=1",
             "train.num_overlays=0",
             "tune.num_samples=2",
+            "mlflow.promote_min_hmean=0",  # registration plumbing; the floor: tests/pipelines/test_registry.py
         ],
     )
     with warnings.catch_warnings():

@@ -120,6 +120,22 @@ def test_schema_errors_name_the_stage_and_line(tmp_path):
 # ------------------------------------------------------------------------------------------------ runner (cheap stages)
 
 
+def test_default_mlflow_store_lives_under_the_workflow_storage(tmp_path, ray_local, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    path = write_yaml(tmp_path / "wf.yaml", {
+        "name": "store", "vars": {"work": str(tmp_path / "work")}, "storage": "${work}/records",
+        "stages": [{"name": "s", "kind": "synth", "format": "icdar2015", "out": "${work}/raw", "splits": {"train": 1}}],
+    })  # fmt: skip
+    result = cli("--config", str(path))
+    assert result.exit_code == 0, result.output
+    db = tmp_path / "work" / "records" / "mlflow.db"
+    assert db.is_file() and not (cwd / "mlflow.db").exists()
+    assert json.loads((tmp_path / "work" / "records" / "store" / "workflow.json").read_text())["tracking_uri"] == f"sqlite:///{db}"
+
+
 def test_failed_stage_is_recorded_and_a_rerun_resumes_there(tmp_path, ray_local, count_stages):
     db = tmp_path / "mlflow.db"
     storage = tmp_path / "records"
@@ -194,7 +210,8 @@ def test_three_stage_workflow_resumes_at_evaluate_under_one_parent_run(tmp_path,
                 "train.num_workers": 1, "train.num_overlays": 0}},
             {"name": "evaluate", "kind": "evaluate", "from": "train",
              "data": [{"uri": "${work}/no-such-data", "split": "train"}]},
-            {"name": "register", "kind": "register", "from": "train", "registered_model": "tiny3", "alias": "best"},
+            {"name": "register", "kind": "register", "from": "train", "registered_model": "tiny3", "alias": "best",
+             "min_hmean": 0},  # registration plumbing; the floor itself: tests/pipelines/test_registry.py
         ],
     })  # fmt: skip
 
