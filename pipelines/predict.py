@@ -19,7 +19,6 @@ from pipelines import registry
 from pipelines.config import DataConfig
 from tcm.types import Detection
 
-
 # from random weights the tiny preset needs ~700 steps to pass hmean 0.8 on synthetic text (pipelines/demo.py);
 # a model trained from random weights for fewer than this has not learned to find text
 FEW_STEPS = 500

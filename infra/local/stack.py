@@ -4,6 +4,7 @@
     python -m infra.local.stack down    # save the buckets, stop every process it started, by process group
     python -m infra.local.stack down --wipe   # the same, then forget the buckets AND the MLflow store together
     python -m infra.local.stack status  # print the addresses, exit 1 when the stack is not up
+    python -m infra.local.stack put DIR s3://bucket/prefix   # upload a folder (no AWS CLI needed)
 
 Each service runs in its own process session (so `down` can stop it and everything it spawned), binds to
 127.0.0.1, and is awaited until it answers. `STATE/env.sh` holds the variables a shell or a test needs
@@ -308,6 +309,22 @@ def wipe(state_dir: Path) -> None:
     (state_dir / "mlflow.db").unlink(missing_ok=True)
 
 
+def put(src: Path, dst: str) -> int:
+    """Upload every file under `src` to `dst` (s3://bucket/prefix) on the stack's endpoint (env.sh sourced)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3")
+    if not endpoint or not dst.startswith("s3://"):
+        raise SystemExit("put: needs AWS_ENDPOINT_URL_S3 (source the stack's env.sh) and an s3:// destination")
+    if not src.is_dir():
+        raise SystemExit(f"put: {src} is not a folder")
+    bucket, _, prefix = dst.removeprefix("s3://").partition("/")
+    s3, count = _s3(endpoint), 0
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), bucket, "/".join(x for x in (prefix.strip("/"), path.relative_to(src).as_posix()) if x))
+        count += 1
+    print(f"uploaded {count} file(s) from {src} to {dst}")
+    return count
+
+
 def _wait_nodes(state: dict, expected: int, timeout: float) -> None:
     """Poll `ray status`-equivalent through the dashboard until every node has registered."""
     deadline = time.monotonic() + timeout
@@ -394,7 +411,8 @@ def _print(state: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "put"])
+    parser.add_argument("paths", nargs="*", help="with put: a local folder and an s3:// destination")
     parser.add_argument("--wipe", action="store_true",
                         help="with down: also forget the buckets and the MLflow store (both, never one)")  # fmt: skip
     parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("TCM_STACK_DIR", DEFAULT_STATE)),
@@ -405,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
             up(args.state_dir)
         case "down":
             down(args.state_dir, wipe_data=args.wipe)
+        case "put":
+            if len(args.paths) != 2:
+                parser.error("put takes a local folder and an s3:// destination")
+            put(Path(args.paths[0]), args.paths[1])
         case "status":
             state = read_state(args.state_dir)
             if not is_up(state):
