@@ -123,7 +123,11 @@ def stack():
     state_dir = Path(tempfile.mkdtemp(prefix="tcms-", dir="/tmp"))
     base = {k: v for k, v in os.environ.items() if not DROPPED_ENV.match(k)}
     base |= {"TCM_STACK_DIR": str(state_dir), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
-    up = _stack_cmd("up", base, timeout=300)
+    try:
+        up = _stack_cmd("up", base, timeout=600)  # a loaded machine can take minutes to register three Ray nodes
+    except subprocess.TimeoutExpired as err:  # `up` was killed, what it started was not: stop that too
+        _stack_cmd("down", base, timeout=300)
+        pytest.fail(f"stack up did not finish within {err.timeout:.0f} s:\n{(err.output or b'').decode()[-3000:]}")
     stack = Stack(state_dir, dict(base))
     if (state_dir / "stack.json").exists():
         stack.state = json.loads((state_dir / "stack.json").read_text())
