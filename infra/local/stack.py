@@ -276,6 +276,8 @@ def _save_buckets(endpoint: str, snapshot: Path) -> int:
         (tmp / bucket).mkdir(parents=True, exist_ok=True)
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/"):  # a folder marker (pyarrow writes them): prefixes need no object
+                    continue
                 dst = tmp / bucket / obj["Key"]
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(bucket, obj["Key"], str(dst))
