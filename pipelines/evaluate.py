@@ -16,15 +16,17 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import typer
 
 from pipelines import registry
 from pipelines.config import ConfigError, DatasetRef, ExperimentConfig, MlflowConfig, load_config
 from tcm.types import Detection, Instance
+
+if TYPE_CHECKING:  # torch is imported where used: `tcm --help` loads this module
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,6 @@ def _scales(batch: Mapping[str, Any], B: int) -> list[tuple[float, float]]:
     return [(float(s[0]), float(s[-1])) for s in scale]
 
 
-@torch.inference_mode()
 def decode_batch(
     model: torch.nn.Module,
     codec: Any,
@@ -74,7 +75,10 @@ def decode_batch(
 
     `sizes` (width, height) of the original images clip the polygons to them: the padded canvas beyond the
     image scales to coordinates past its edge."""
-    outputs = model(images)
+    import torch
+
+    with torch.inference_mode():
+        outputs = model(images)
     B = images.shape[0]
     per_image = []
     for i in range(B):
@@ -102,6 +106,8 @@ def predict_rows(
     keep: Callable[[str], bool] = lambda _id: True,
 ) -> list[PredRow]:
     """Predict the rows of a Ray Data iterator/dataset selected by `keep(id)` (a validation slice)."""
+    import torch
+
     was_training = model.training
     model.eval()
     rows: list[PredRow] = []
@@ -225,6 +231,8 @@ class Predictor:
     """Ray Data actor: loads the model once, predicts and decodes batches of eval rows."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None, use_gpu: bool):
+        import torch
+
         from tcm.build import build_codec
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -233,6 +241,8 @@ class Predictor:
         self.codec = build_codec(loaded.detector.head)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         ids = [str(i) for i in batch["id"]]
         B = len(ids)
         images = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in batch["image"]]))  # (B, 3, H, W)

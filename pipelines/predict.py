@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import typer
 
 from pipelines import registry
@@ -37,6 +36,8 @@ def predict_images(
     min_score: float = 0.0,
 ) -> list[ImagePrediction]:
     """Detect text in each image file; polygons in the image's own pixels."""
+    import torch
+
     from pipelines.evaluate import decode_batch
     from tcm.build import build_codec
     from tcm.data.transforms import decode_image, normalize, resize_for_test

@@ -20,19 +20,15 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import mlflow
-import torch
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
-from torch import nn
-
-from pipelines import checkpoint as ckpt_io
-from pipelines import storage
+from pipelines import storage, tracking
 from pipelines.config import MlflowConfig
 from tcm.config import DetectorConfig
+
+if TYPE_CHECKING:  # torch and MLflow are imported where used: `tcm --help` loads this module
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +74,7 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Non
 
     `configured`: the location is the user's (warn when the existing experiment stores elsewhere), not a default
     derived from the storage path or the store (train and evaluate derive different ones; no warning then)."""
-    client = MlflowClient(tracking_uri)
+    client = tracking.client(tracking_uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if configured and artifact_location and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
@@ -88,10 +84,16 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | Non
                 exp.artifact_location,
                 artifact_location,
             )
+        if exp.tags.get(tracking.EXPERIMENT_KIND_TAG) != tracking.EXPERIMENT_KIND:  # made before the tag existed
+            client.set_experiment_tag(exp.experiment_id, tracking.EXPERIMENT_KIND_TAG, tracking.EXPERIMENT_KIND)
         return exp.experiment_id
+    from mlflow.exceptions import MlflowException
+
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except mlflow.exceptions.MlflowException:  # created concurrently by another trial
+        return client.create_experiment(
+            name, artifact_location=artifact_location, tags={tracking.EXPERIMENT_KIND_TAG: tracking.EXPERIMENT_KIND}
+        )
+    except MlflowException:  # created concurrently by another trial
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
@@ -103,7 +105,7 @@ def run_key(name: str, storage_uri: str) -> str:
 
 
 def find_run(tracking_uri: str, experiment_id: str, key: str) -> str | None:
-    runs = MlflowClient(tracking_uri).search_runs(
+    runs = tracking.client(tracking_uri).search_runs(
         [experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=2, order_by=["start_time ASC"]
     )
     return runs[0].info.run_id if runs else None
@@ -119,12 +121,12 @@ def get_or_create_run(
     tags: Mapping[str, str] | None = None,
 ) -> tuple[str, bool]:
     """(run id, resumed): the run recorded under `key`, marked RUNNING again, or a new one."""
-    client = MlflowClient(tracking_uri)
+    client = tracking.client(tracking_uri)
     run_id = find_run(tracking_uri, experiment_id, key)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
         return run_id, True
-    all_tags = {RUN_KEY_TAG: key, **(tags or {})}
+    all_tags = {RUN_KEY_TAG: key, **tracking.source_tags(), **(tags or {})}
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
@@ -132,7 +134,7 @@ def get_or_create_run(
 
 
 def finish_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient(tracking_uri).set_terminated(run_id, status=status)
+    tracking.client(tracking_uri).set_terminated(run_id, status=status)
 
 
 class RunLogger:
@@ -141,10 +143,12 @@ class RunLogger:
     def __init__(self, tracking_uri: str, run_id: str):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self.client = MlflowClient(tracking_uri)
+        self.client = tracking.client(tracking_uri)
 
     def params(self, params: Mapping[str, Any]) -> None:
         """Log params; on a resumed run, keep what is there and tag the keys whose value changed."""
+        from mlflow.entities import Param
+
         existing = self.client.get_run(self.run_id).data.params
         new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
         changed = sorted(k for k, v in params.items() if k in existing and existing[k] != str(v)[:6000])
@@ -157,12 +161,16 @@ class RunLogger:
     def metrics(self, metrics: Mapping[str, float], step: int) -> None:
         import time
 
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(self.run_id, metrics=items[i : i + _BATCH])
 
     def tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
@@ -182,8 +190,15 @@ def log_model(
     experiment: Mapping[str, Any] | None = None,
     name: str = "model",
 ) -> str:
-    """`mlflow.pytorch.log_model` into the run, with the plain checkpoint as extra files. Returns the model URI."""
+    """`mlflow.pytorch.log_model` into the run, with the plain checkpoint as extra files, a tensor signature and
+    a small input example. Returns the model URI."""
+    import mlflow
+    import torch
+
+    from pipelines import checkpoint as ckpt_io
+
     mlflow.set_tracking_uri(tracking_uri)
+    signature, example = model_signature(model, detector)
     with tempfile.TemporaryDirectory(prefix="tcm-model-") as tmp:
         folder = ckpt_io.save_checkpoint(Path(tmp) / "checkpoint", model, detector, meta=meta, experiment=experiment)
         extra = [str(folder / n) for n in (ckpt_io.MODEL_FILE, ckpt_io.CONFIG_FILE, ckpt_io.META_FILE)]
@@ -197,21 +212,44 @@ def log_model(
                 serialization_format="pickle",
                 # stated, not inferred: inference re-imports the model in a subprocess (slow, and needs network)
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "open_clip_torch", "numpy"],
+                signature=signature,
+                input_example=example,
+                # serving validation would reload the pickled model in this process just to predict the example
+                validate_serving_input=False,
             )
-    MlflowClient(tracking_uri).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
+    tracking.client(tracking_uri).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     return info.model_uri
+
+
+def model_signature(model: nn.Module, detector: DetectorConfig) -> tuple[Any, Any]:
+    """(signature, input example) of a detector: a normalised image batch in, its output maps out (names and
+    shapes from one forward pass on a 64 x 64 example, a multiple of the 32-px stride; -1 = any size)."""
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    example = np.zeros((1, 3, 64, 64), dtype=np.float32)  # (B, 3, H, W), mean-subtracted, std-divided pixels
+    module = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():
+        outputs = module(torch.from_numpy(example))
+    any_size = (-1, 3, -1, -1)
+    spec_out = [TensorSpec(np.dtype(np.float32), (-1, *([-1] * (v.dim() - 1))), k) for k, v in outputs.items()]
+    return ModelSignature(Schema([TensorSpec(np.dtype(np.float32), any_size, "image")]), Schema(spec_out)), example
 
 
 def register_model(tracking_uri: str, model_uri: str, name: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
     """Register `model_uri` as a new version of `name` and point `alias` at it. Returns the version."""
+    import mlflow
+
     mlflow.set_tracking_uri(tracking_uri)
     version = mlflow.register_model(model_uri, name, tags=dict(tags or {}))
-    MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version.version)
+    tracking.client(tracking_uri).set_registered_model_alias(name, alias, version.version)
     return str(version.version)
 
 
 def run_model_uri(tracking_uri: str, run_id: str) -> str | None:
-    return MlflowClient(tracking_uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    return tracking.client(tracking_uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
 
 
 @dataclass
@@ -223,6 +261,9 @@ class LoadedModel:
 
 def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
     """A detector from `models:/…`, `runs:/…` (weights only) or a checkpoint folder (path, file://, s3://)."""
+    import mlflow
+
+    from pipelines import checkpoint as ckpt_io
     from tcm.build import build_detector
 
     if uri.startswith(("models:/", "runs:/")):
@@ -242,6 +283,10 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
 
 def download_model_files(uri: str, dst: str) -> Path:
     """The model's extra_files/ folder: fetched alone where the URI form allows, else with the whole model."""
+    import mlflow
+
+    from pipelines import checkpoint as ckpt_io
+
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri.rstrip("/") + "/extra_files", dst_path=dst))
     except mlflow.exceptions.MlflowException:

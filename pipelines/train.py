@@ -21,14 +21,16 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import typer
 
 from pipelines import registry, storage
 from pipelines.config import ConfigError, ExperimentConfig, load_config
+
+if TYPE_CHECKING:  # torch is imported where used: `tcm --help` loads this module
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +426,7 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
     """Build the detector, restore the latest checkpoint (or warm-start), optimiser, AMP, DDP, rank-0 logger."""
     import ray.train
     import ray.train.torch
+    import torch
 
     from pipelines.checkpoint import load_model_state, read_checkpoint
     from tcm.build import build_codec, build_detector
@@ -500,6 +503,8 @@ def _load_init(uri: str, tracking_uri: str | None):
 
 def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
     """The configured optimiser over TCM's parameter groups (LR factors, no decay on norms and biases)."""
+    import torch
+
     from tcm.optim import param_groups
 
     o = cfg.optim
@@ -537,11 +542,15 @@ def set_poly_lr(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, epoch_i
 
 def _tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """collate_fn: the numeric columns (image + codec targets) as tensors; ids and the like stay behind."""
+    import torch
+
     return {k: torch.as_tensor(v) for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"}
 
 
 def _train_epoch(w: _Worker, shard: Any) -> dict[str, float]:
     """One pass over this worker's shard; losses averaged over all workers' images, throughput of all workers."""
+    import torch
+
     cfg = w.cfg
     w.ddp.train()
     sums: dict[str, float] = {}
@@ -588,6 +597,8 @@ def _limit(it: Iterator[Any], n: int | None) -> Iterator[Any]:
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    import torch
+
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return [float(v) for v in values]
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -596,12 +607,16 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def _barrier(world: int) -> None:
+    import torch
+
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
 
 
 def _validate(w: _Worker, shard: Any, epoch: int) -> dict[str, float]:
     """Every worker predicts its slice of val (by id hash); rank 0 gathers, scores, plots and logs."""
+    import torch
+
     from pipelines.evaluate import overlay_source, predict_rows, score_pairs
 
     cfg = w.cfg
