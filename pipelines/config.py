@@ -169,6 +169,7 @@ class SweepConfig(Strict):
     image_encoder_lr_factor: tuple[float, float] = (0.01, 1.0)  # log-uniform range around TCM's 0.1
     text_encoder_lr_factor: list[float] = Field(default_factory=lambda: [0.0, 0.01, 0.1])  # 0 = frozen (TCM)
     lr: tuple[float, float] = (3e-5, 3e-4)  # log-uniform range around TCM's 1e-4
+    aux_loss_weight: list[float] = Field(default_factory=lambda: [1.0])  # the paper's lambda; list more to study it
     grace_period: int = Field(1, gt=0)  # ASHA: epochs before a trial can be stopped
     reduction_factor: int = Field(2, gt=1)  # ASHA: keep the top 1/2 at each rung (few trials)
     driver_cpus: float = Field(0.25, ge=0)  # a trial's driver only drives its TorchTrainer

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import typer
 
-from pipelines import registry
+from pipelines import registry, tracking
 from pipelines.config import ConfigError, DatasetRef, ExperimentConfig, MlflowConfig, load_config
 from tcm.types import Detection, Instance
 
@@ -322,7 +322,7 @@ def run_evaluation(
         run_id = None
         if log_to_mlflow:
             run_id = _log_evaluation(tracking_uri, cfg, model_uri, refs, metrics, folder, run_name, parent_run_id)
-    return EvalOutcome(metrics, rows, str(out_dir) if out_dir else None, run_id)
+    return EvalOutcome({f"test/{k}": v for k, v in metrics.items()}, rows, str(out_dir) if out_dir else None, run_id)
 
 
 def _log_evaluation(
@@ -349,6 +349,7 @@ def _log_evaluation(
         parent_run_id=parent_run_id,
         tags={registry.MODEL_URI_TAG: model_uri, "tcm.kind": "evaluation"},
     )
+    tracking.log_datasets(tracking_uri, run_id, refs)
     logger = registry.RunLogger(tracking_uri, run_id)
     logger.params({"model_uri": model_uri, "data": data, "protocol": cfg.eval.protocol})
     logger.metrics({f"test/{k}": v for k, v in metrics.items()}, step=0)

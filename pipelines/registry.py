@@ -202,21 +202,27 @@ def log_model(
     with tempfile.TemporaryDirectory(prefix="tcm-model-") as tmp:
         folder = ckpt_io.save_checkpoint(Path(tmp) / "checkpoint", model, detector, meta=meta, experiment=experiment)
         extra = [str(folder / n) for n in (ckpt_io.MODEL_FILE, ckpt_io.CONFIG_FILE, ckpt_io.META_FILE)]
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                copy.deepcopy(model).cpu().eval(),  # a copy: the caller's model stays on its device
-                name=name,
-                extra_files=extra,
-                # pickle: 'pt2' (torch.export, MLflow's default) needs an exportable graph and an input example;
-                # tcm loaders never unpickle it anyway (they read extra_files/ with weights_only)
-                serialization_format="pickle",
-                # stated, not inferred: inference re-imports the model in a subprocess (slow, and needs network)
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "open_clip_torch", "numpy"],
-                signature=signature,
-                input_example=example,
-                # serving validation would reload the pickled model in this process just to predict the example
-                validate_serving_input=False,
-            )
+        # MLflow validates the input example by serving it through its pytorch pyfunc, which takes single-tensor
+        # outputs only: on our dict of maps it always fails, as a warning (tcm serves from extra_files/ instead)
+        serving_check = logging.getLogger("mlflow.models.model")
+        level = serving_check.level
+        serving_check.setLevel(logging.ERROR)
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pytorch.log_model(
+                    copy.deepcopy(model).cpu().eval(),  # a copy: the caller's model stays on its device
+                    name=name,
+                    extra_files=extra,
+                    # pickle: 'pt2' (torch.export, MLflow's default) needs an exportable graph and an input example;
+                    # tcm loaders never unpickle it anyway (they read extra_files/ with weights_only)
+                    serialization_format="pickle",
+                    # stated, not inferred: inference re-imports the model in a subprocess (slow, and needs network)
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "open_clip_torch", "numpy"],
+                    signature=signature,
+                    input_example=example,
+                )
+        finally:
+            serving_check.setLevel(level)
     tracking.client(tracking_uri).set_tag(run_id, MODEL_URI_TAG, info.model_uri)
     return info.model_uri
 
@@ -235,7 +241,7 @@ def model_signature(model: nn.Module, detector: DetectorConfig) -> tuple[Any, An
         outputs = module(torch.from_numpy(example))
     any_size = (-1, 3, -1, -1)
     spec_out = [TensorSpec(np.dtype(np.float32), (-1, *([-1] * (v.dim() - 1))), k) for k, v in outputs.items()]
-    return ModelSignature(Schema([TensorSpec(np.dtype(np.float32), any_size, "image")]), Schema(spec_out)), example
+    return ModelSignature(Schema([TensorSpec(np.dtype(np.float32), any_size)]), Schema(spec_out)), example
 
 
 def register_model(tracking_uri: str, model_uri: str, name: str, alias: str, tags: Mapping[str, str] | None = None) -> str:

@@ -17,7 +17,7 @@ import functools
 import json
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +95,43 @@ def log_datasets(tracking_uri: str, run_id: str, refs: Iterable[Any]) -> None:
         # the client form of `mlflow.log_input(dataset, context=split)`: workers and drivers log by run id, never
         # through the fluent "active run" of the process
         client(tracking_uri).log_inputs(run_id, datasets=inputs)
+
+
+def training_progress(tracking_uri: str, experiment: str, key: str, epochs: int) -> Callable[[], str]:
+    """A poll for Console.stage: the run `key`'s latest epoch, loss and validation hmean, read from MLflow
+    (rank 0 logs them every epoch)."""
+    from pipelines.registry import RUN_KEY_TAG
+
+    def poll() -> str:
+        c = client(tracking_uri)
+        exp = c.get_experiment_by_name(experiment)
+        runs = c.search_runs([exp.experiment_id], f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1) if exp else []
+        m = runs[0].data.metrics if runs else {}
+        if "epoch" not in m:
+            return "starting"
+        parts = [f"epoch {int(m['epoch'])}/{epochs}", f"loss {m.get('train/loss', float('nan')):.3f}"]
+        if VAL_HMEAN in m:
+            parts.append(f"val hmean {m[VAL_HMEAN]:.3f}")
+        return ", ".join(parts)
+
+    return poll
+
+
+def sweep_progress(tracking_uri: str, experiment: str, key: str, trials: int) -> Callable[[], str]:
+    """A poll for Console.stage: how many of the sweep's trials (child runs of the parent `key`) ended, and the
+    best validation hmean so far."""
+    from pipelines.registry import PARENT_TAG, RUN_KEY_TAG
+
+    def poll() -> str:
+        c = client(tracking_uri)
+        exp = c.get_experiment_by_name(experiment)
+        parent = c.search_runs([exp.experiment_id], f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1) if exp else []
+        if not parent:
+            return "starting"
+        children = c.search_runs([exp.experiment_id], f"tags.`{PARENT_TAG}` = '{parent[0].info.run_id}'")
+        ended = sum(r.info.status in ("FINISHED", "KILLED", "FAILED") for r in children)
+        scores = [r.data.metrics[VAL_HMEAN] for r in children if VAL_HMEAN in r.data.metrics]
+        best = f", best val hmean {max(scores):.3f}" if scores else ""
+        return f"{ended}/{trials} trials ended{best}"
+
+    return poll

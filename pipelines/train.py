@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import typer
 
-from pipelines import registry, storage
+from pipelines import registry, storage, tracking
 from pipelines.config import ConfigError, ExperimentConfig, load_config
 
 if TYPE_CHECKING:  # torch is imported where used: `tcm --help` loads this module
@@ -34,7 +34,6 @@ if TYPE_CHECKING:  # torch is imported where used: `tcm --help` loads this modul
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 ENV_TO_WORKERS = (  # endpoints the workers need (Ray starts them with the cluster's env): in the runtime env
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
@@ -94,12 +93,10 @@ def data_hashes(cfg: ExperimentConfig) -> dict[str, str]:
     tags: dict[str, str] = {}
     for role, refs in (("train", cfg.data.train), ("val", cfg.data.val)):
         for i, ref in enumerate(refs):
-            loc = storage.resolve(ref.uri).join(MANIFEST)
             try:
-                manifest = json.loads(storage.read_bytes(loc))
+                tags[f"data.{role}.{i}.sha256"] = tracking.manifest_sha256(ref.uri)
             except (storage.StorageError, ValueError) as err:
                 raise ConfigError(f"data.{role}[{i}].uri: no readable ingest manifest ({err})") from None
-            tags[f"data.{role}.{i}.sha256"] = str(manifest.get("sha256", "unknown"))
             tags[f"data.{role}.{i}.uri"] = storage.redact_uri(ref.uri)
     if len(cfg.data.train) == 1:
         tags["data.sha256"] = tags["data.train.0.sha256"]
@@ -296,6 +293,7 @@ def build_trainer(
             **(run_tags or {}),
         },
     )
+    tracking.log_datasets(tracking_uri, run_id, [*cfg.data.train, *cfg.data.val])
     storage_path, filesystem = resolve_storage(cfg.train.storage_path)
     loop_config = {
         "cfg": cfg.model_dump(mode="json"),
@@ -407,7 +405,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lrs = set_poly_lr(w.optimizer, cfg, epoch - 1)
         stats = _train_epoch(w, train_shard)
         state.epoch, state.global_step = epoch, state.global_step + int(stats.pop("steps"))
-        metrics = {f"train/{k}": v for k, v in stats.items()} | {f"lr/{name}": lr for name, lr in lrs.items()}
+        metrics = {f"train/{k}": v for k, v in stats.items()} | {f"train/lr/{name}": lr for name, lr in lrs.items()}
         if val_shard is not None and (epoch % cfg.train.val_every == 0 or epoch == E):
             state.val = _validate(w, val_shard, epoch)
             metrics.update({f"val/{k}": v for k, v in state.val.items()})
@@ -451,7 +449,8 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
         load_model_state(model, ckpt, det_cfg)  # a checkpoint of another model config: named, not a shape error
         state = _State(ckpt.epoch, int(ckpt.meta.get("global_step", 0)), dict(ckpt.meta.get("val", {})))
     elif cfg.train.init_from:
-        load_model_state(model, _load_init(cfg.train.init_from, config.get("tracking_uri")), det_cfg)
+        init = fit_prompt_count(_load_init(cfg.train.init_from, config.get("tracking_uri")), model, det_cfg)
+        load_model_state(model, init, det_cfg)
 
     model.to(device)
     optimizer = make_optimizer(model, cfg)  # before DDP: param_groups freezes parts (requires_grad=False)
@@ -499,6 +498,32 @@ def _load_init(uri: str, tracking_uri: str | None):
         with tempfile.TemporaryDirectory(prefix="tcm-init-") as tmp:
             return read_checkpoint(registry.download_model_files(uri, tmp), with_train_state=False)
     return load_checkpoint(uri)
+
+
+PROMPT_CONTEXTS = "text_encoder.contexts"  # (1, K, D): the K learnable context tokens
+PROMPT_POSITIONS = "text_encoder.clip.positional_embedding"  # (1 + K + prompt tokens, D): one row per position
+
+
+def fit_prompt_count(ckpt: Any, model: torch.nn.Module, det_cfg: Any) -> Any:
+    """A warm start from a checkpoint with another prompt count K (a sweep over `model.tcm.num_prompts`).
+
+    The K learned contexts do not map onto K' others: they are re-initialised (the fresh model's init). The
+    positional table is indexed by position (SOT, contexts, prompt), truncated to the prompt length at build:
+    the checkpoint's rows where it has them, the fresh model's beyond. Every other weight is the checkpoint's;
+    the checkpoint's config then names K' so the load checks everything else as usual."""
+    old_k, new_k = ckpt.detector.tcm.num_prompts, det_cfg.tcm.num_prompts
+    if old_k == new_k or PROMPT_CONTEXTS not in ckpt.model_state:
+        return ckpt
+    fresh = model.state_dict()
+    state = dict(ckpt.model_state)
+    state[PROMPT_CONTEXTS] = fresh[PROMPT_CONTEXTS].clone()  # (1, K', D)
+    positions = fresh[PROMPT_POSITIONS].clone()  # (L', D)
+    n = min(positions.shape[0], state[PROMPT_POSITIONS].shape[0])
+    positions[:n] = state[PROMPT_POSITIONS][:n]
+    state[PROMPT_POSITIONS] = positions
+    log.info("[tcm] init_from %s: %d prompt contexts re-initialised as %d", ckpt.path, old_k, new_k)
+    tcm_cfg = dataclasses.replace(ckpt.detector.tcm, num_prompts=new_k)
+    return dataclasses.replace(ckpt, model_state=state, detector=dataclasses.replace(ckpt.detector, tcm=tcm_cfg))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
@@ -650,13 +675,13 @@ def _report(w: _Worker, metrics: Mapping[str, float], checkpoint: bool) -> None:
     from pipelines.checkpoint import save_checkpoint
 
     state = w.state
-    report = {
+    report = {  # the MLflow names (pipelines.tracking): Tune ranks trials by val/hmean
         "epoch": state.epoch,
-        "loss": metrics.get("train/loss", math.nan),
-        "images_per_s": metrics.get("train/images_per_s", 0.0),
-        "val_hmean": state.val.get("hmean", 0.0),  # the latest validation (0 before the first)
-        "val_precision": state.val.get("precision", 0.0),
-        "val_recall": state.val.get("recall", 0.0),
+        "train/loss": metrics.get("train/loss", math.nan),
+        "train/images_per_s": metrics.get("train/images_per_s", 0.0),
+        "val/hmean": state.val.get("hmean", 0.0),  # the latest validation (0 before the first)
+        "val/precision": state.val.get("precision", 0.0),
+        "val/recall": state.val.get("recall", 0.0),
     }
     if not checkpoint:
         ray.train.report(report)
@@ -698,16 +723,29 @@ def train_command(
     ),
     name: str = typer.Option(None, "--name", help="Run name (overrides `name`); the same name + storage resumes."),
     no_register: bool = typer.Option(False, "--no-register", help="Log the model to MLflow but do not register it."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show Ray's own logs on the console (default: logs/train-<name>.log; always in a Ray job)."
+    ),
 ) -> None:
     """Train a TCM detector on Ray Train; started again with the same name + storage, it resumes."""
+    from pipelines.console import quiet_console
+
     overrides = list(set_) + ([f"name={name}"] if name else [])
     try:
         cfg = load_config(config, overrides)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    # inside a submitted Ray job the job's log is the record (`ray job logs`): nothing is redirected there
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    log_file = None if verbose or in_job else Path("logs") / f"train-{cfg.name}.log"
     try:
-        outcome = run_training(cfg, register=not no_register)
+        with quiet_console(log_file) as console:
+            tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.resolved_tracking_uri())
+            key = registry.run_key(cfg.name, with_absolute_paths(cfg).train.storage_path)
+            progress = tracking.training_progress(tracking_uri, cfg.mlflow.experiment, key, cfg.train.epochs)
+            with console.stage(f"train {cfg.name}: {cfg.train.num_workers} worker(s) x {cfg.train.epochs} epochs", progress):
+                outcome = run_training(cfg, register=not no_register)
     except (ConfigError, storage.StorageError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -1,9 +1,12 @@
 """Sweeps with Ray Tune over Ray Train: one TorchTrainer per trial, ASHA on validation hmean, nested MLflow runs.
 
-    driver: MLflow parent run (found again by key on a restart) -> Tuner(function trainable, ASHA)
+    driver: MLflow parent run (found again by key on a restart) -> Tuner(function trainable, ASHA on val/hmean)
     trial:  cfg + the trial's choices -> build_trainer(cfg, parent_run_id=…, callbacks=[TuneReportCallback()])
-            -> fit; the run is named `<name>-trial-<trial id>` so a retried trial resumes its own Train run
-    after:  the best finished trial's model is registered with the alias; the parent gets the summary
+            -> fit; the run is named `<name>-trial-<trial id>` so a retried trial resumes its own Train run;
+            with `train.init_from` every trial fine-tunes the same model (contexts re-initialised where the
+            prompt count differs: pipelines.train.fit_prompt_count)
+    after:  the best finished trial's model is registered with the alias; the parent gets val/hmean of the
+            best, its params as `best.*` tags, and the comparison (table + parallel coordinates, sweep_report)
 
 `Tuner(TorchTrainer)` is deprecated in Train V2; the function trainable here only drives its TorchTrainer.
 """
@@ -19,23 +22,32 @@ from typing import Any
 
 import typer
 
-from pipelines import registry
+from pipelines import registry, tracking
 from pipelines.config import ConfigError, ExperimentConfig, load_config
 
 log = logging.getLogger(__name__)
 
 
 def search_space(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The paper's study: number of learnable prompts, image/text encoder LR factors (0 = frozen), base LR."""
+    """The paper's study: number of learnable prompts, image/text encoder LR factors (0 = frozen), base LR, the
+    auxiliary (instance-language matching) loss weight. A range with equal ends is that one value."""
     from ray import tune
 
     t = cfg.tune
+
+    def log_range(lo: float, hi: float) -> Any:
+        return lo if lo == hi else tune.loguniform(lo, hi)
+
     return {
         "num_prompts": tune.choice(list(t.num_prompts)),
-        "image_encoder_lr_factor": tune.loguniform(*t.image_encoder_lr_factor),
+        "image_encoder_lr_factor": log_range(*t.image_encoder_lr_factor),
         "text_encoder_lr_factor": tune.choice(list(t.text_encoder_lr_factor)),
-        "lr": tune.loguniform(*t.lr),
+        "lr": log_range(*t.lr),
+        "aux_loss_weight": tune.choice(list(t.aux_loss_weight)),
     }
+
+
+PARAMS = ("num_prompts", "image_encoder_lr_factor", "text_encoder_lr_factor", "lr", "aux_loss_weight")
 
 
 def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
@@ -46,6 +58,7 @@ def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
         "optim.text_encoder_lr_factor": float(params["text_encoder_lr_factor"]),
         "model.tcm.train_text_encoder": float(params["text_encoder_lr_factor"]) > 0,
         "optim.lr": float(params["lr"]),
+        "model.tcm.aux_loss_weight": float(params["aux_loss_weight"]),
     }
 
 
@@ -96,7 +109,7 @@ class SweepOutcome:
     model_version: str | None
 
 
-def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
+def run_sweep(cfg: ExperimentConfig, *, register: bool = True, quiet: bool = False) -> SweepOutcome:
     """Run the sweep `cfg.tune` over `cfg`; one MLflow parent run with a child run per trial."""
     import ray
     from ray import tune
@@ -124,6 +137,7 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
         sweep_name,
         tags={"tcm.kind": "sweep", **data_hashes(cfg)},
     )
+    tracking.log_datasets(tracking_uri, parent_id, [*cfg.data.train, *cfg.data.val])
     parent = registry.RunLogger(tracking_uri, parent_id)
     parent.params({**cfg.flat_params(), "sweep.space": json.dumps(cfg.tune.model_dump(mode="json"))})
 
@@ -137,7 +151,7 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
         trainable,
         param_space=search_space(cfg),
         tune_config=tune.TuneConfig(
-            metric="val_hmean",
+            metric=tracking.VAL_HMEAN,
             mode="max",
             num_samples=t.num_samples,
             # the limit lives on the generator: Tune ignores max_concurrent_trials for a given generator instance
@@ -151,7 +165,12 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
                 reduction_factor=t.reduction_factor,
             ),
         ),
-        run_config=tune.RunConfig(name=sweep_name, storage_path=storage_path, storage_filesystem=filesystem),
+        run_config=tune.RunConfig(
+            name=sweep_name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            verbose=0 if quiet else 1,  # quiet: Tune's status tables go to the log file, not the console
+        ),
     )
     try:
         grid = tuner.fit()
@@ -164,18 +183,24 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
     best = max(finished, key=lambda s: s.val_hmean) if finished else None
     version = None
     if best is not None:
-        parent.metrics({"best/val_hmean": best.val_hmean}, step=0)
+        parent.metrics({tracking.VAL_HMEAN: best.val_hmean}, step=0)  # the sweep's result, comparable across sweeps
         parent.tags({"best.trial_id": best.trial_id, "best.mlflow_run_id": best.mlflow_run_id or ""})
-        parent.params({f"best.{k}": v for k, v in best.params.items()})
+        parent.tags({f"best.{k}": v for k, v in best.params.items()})
         if register and cfg.mlflow.registered_model:
             version = registry.register_model(
                 tracking_uri, best.model_uri, cfg.mlflow.registered_model, cfg.mlflow.alias,
                 {"run_id": best.mlflow_run_id or "", "sweep_run_id": parent_id},
             )
     with tempfile.TemporaryDirectory(prefix="tcm-sweep-") as tmp:
+        from pipelines.sweep_report import write_comparison
+
         path = Path(tmp) / "trials.json"
         path.write_text(json.dumps([dataclasses.asdict(s) for s in trials], indent=2, default=str))
         parent.artifact(path)
+        rows = [{"trial_id": s.trial_id, "epochs": s.epochs, **s.params, tracking.VAL_HMEAN: s.val_hmean} for s in trials]
+        if rows:
+            write_comparison(rows, PARAMS, Path(tmp) / "comparison")
+            parent.artifacts(Path(tmp) / "comparison", "comparison")
     registry.finish_run(tracking_uri, parent_id, "FINISHED")
     return SweepOutcome(parent_id, tracking_uri, trials, best, version)
 
@@ -191,11 +216,22 @@ def _summaries(grid: Any, tracking_uri: str, experiment_id: str, cfg: Experiment
         model_uri = registry.run_model_uri(tracking_uri, run_id) if run_id else None
         if run_id and model_uri is None and result.error is None:
             registry.finish_run(tracking_uri, run_id, "KILLED")  # stopped early by ASHA, not broken
-        params = {k: result.config[k] for k in ("num_prompts", "image_encoder_lr_factor", "text_encoder_lr_factor", "lr")}
-        out.append(
-            TrialSummary(trial_id, run_id, params, float(metrics.get("val_hmean", 0.0)), int(metrics.get("epoch", 0)), model_uri)
-        )
+        params = {k: result.config[k] for k in PARAMS}
+        hmean = float(metrics.get(tracking.VAL_HMEAN, 0.0))
+        out.append(TrialSummary(trial_id, run_id, params, hmean, int(metrics.get("epoch", 0)), model_uri))
     return sorted(out, key=lambda s: s.val_hmean, reverse=True)
+
+
+def trial_table(trials: list[TrialSummary]) -> list[str]:
+    """The trials as console lines, best first (tcm tune and tcm demo print it)."""
+    lines = [f"{'trial':<22} {'prompts':>7} {'img lr x':>8} {'txt lr x':>8} {'lr':>8} {'aux w':>5} {'epochs':>6} {'val hmean':>9}"]
+    for s in trials:
+        p = s.params
+        lines.append(
+            f"{s.trial_id:<22} {p['num_prompts']:>7} {p['image_encoder_lr_factor']:>8.3g} {p['text_encoder_lr_factor']:>8.3g} "
+            f"{p['lr']:>8.2e} {p['aux_loss_weight']:>5.3g} {s.epochs:>6} {s.val_hmean:>9.4f}"
+        )
+    return lines
 
 
 def tune_command(
@@ -212,13 +248,8 @@ def tune_command(
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"{'trial':<24} {'prompts':>7} {'img lr x':>9} {'txt lr x':>9} {'lr':>9} {'epochs':>6} {'val hmean':>9}")
-    for s in outcome.trials:
-        p = s.params
-        typer.echo(
-            f"{s.trial_id:<24} {p['num_prompts']:>7} {p['image_encoder_lr_factor']:>9.3g} "
-            f"{p['text_encoder_lr_factor']:>9.3g} {p['lr']:>9.2e} {s.epochs:>6} {s.val_hmean:>9.4f}"
-        )
+    for line in trial_table(outcome.trials):
+        typer.echo(line)
     best = outcome.best
     typer.echo(
         json.dumps(
