@@ -116,6 +116,14 @@ def demo_config(plan: DemoPlan, refs: dict[str, DatasetRef | None]) -> Experimen
     )
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def sweep_config(cfg: ExperimentConfig, plan: DemoPlan, init_from: str) -> ExperimentConfig:
     """The demo sweep: short fine-tuning runs from the model just trained, one at a time."""
     return cfg.with_overrides(
@@ -161,8 +169,19 @@ def run_demo(plan: DemoPlan, console: Console | None = None) -> dict:
     # machine has nothing to drain, and on 2 cores each process start costs seconds (one per training run here)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if not ray.is_initialized():
-        # a private local instance sized to this machine: never attach to a cluster someone else started here
-        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False)
+        # a private local instance sized to this machine: never attach to a cluster someone else started here.
+        # With its dashboard, on a port we pick and name to every process: when ASHA stops a trial, Ray Train's
+        # placement-group cleaner asks the state API (the dashboard) whether the trial's controller died and
+        # frees its CPU. Without it (or when it finds another Ray instance on the machine first) the stopped
+        # trial's worker CPU stays reserved and the next trial waits for it forever.
+        port = _free_port()
+        ray.init(
+            address="local",
+            num_cpus=max(2, os.cpu_count() or 2),
+            include_dashboard=True,
+            dashboard_port=port,
+            runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+        )
     if console.log is not None:
         ray.data.DataContext.get_current().enable_progress_bars = False  # redrawn bars would fill the log
 

@@ -17,6 +17,7 @@ import functools
 import json
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,10 @@ def log_datasets(tracking_uri: str, run_id: str, refs: Iterable[Any]) -> None:
     for ref in refs:
         uri = storage.strip_credentials(ref.uri)
         sha = manifest_sha256(ref.uri)
-        dataset = MetaDataset(resolve_dataset_source(uri), name=Path(uri.rstrip("/")).name or uri, digest=sha[:_DIGEST_CHARS])
+        with warnings.catch_warnings():  # MLflow registers its local source twice and warns it is ambiguous
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+            source = resolve_dataset_source(uri)
+        dataset = MetaDataset(source, name=Path(uri.rstrip("/")).name or uri, digest=sha[:_DIGEST_CHARS])
         tags = [InputTag(DATA_CONTEXT_TAG, ref.split), InputTag(MANIFEST_SHA_TAG, sha)]
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
     if inputs:
