@@ -92,7 +92,10 @@ def log_datasets(tracking_uri: str, run_id: str, refs: Iterable[Any]) -> None:
         with warnings.catch_warnings():  # MLflow registers its local source twice and warns it is ambiguous
             warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
             source = resolve_dataset_source(uri)
-        dataset = MetaDataset(source, name=Path(uri.rstrip("/")).name or uri, digest=sha[:_DIGEST_CHARS])
+        # the split in the name: MLflow keeps one input per (name, digest), and the splits of a folder share its
+        # manifest (train and val of one folder would otherwise show as one input)
+        name = f"{Path(uri.rstrip('/')).name or uri}/{ref.split}"
+        dataset = MetaDataset(source, name=name, digest=sha[:_DIGEST_CHARS])
         tags = [InputTag(DATA_CONTEXT_TAG, ref.split), InputTag(MANIFEST_SHA_TAG, sha)]
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
     if inputs:
