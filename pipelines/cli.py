@@ -26,6 +26,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("pipelines.tune", "tune_command"),
     "evaluate": ("pipelines.evaluate", "evaluate_command"),
     "predict": ("pipelines.predict", "predict_command"),
+    "recognize": ("pipelines.recognize", "recognize_command"),
     "check-targets": ("pipelines.check_targets", "check_targets_command"),
     "score": ("pipelines.score", "score_command"),
     "export": ("pipelines.export", "export_command"),
@@ -91,13 +92,18 @@ def _load(name: str, module: str, function: str, markup: typer.core.MarkupMode) 
 app = typer.Typer(
     name="tcm",
     cls=LazyGroup,
-    help="Train, sweep, evaluate and ship TCM scene-text detectors on Ray + MLflow.",
+    help="Train, sweep, evaluate and ship TCM scene-text detectors and CLIP4STR recognisers on Ray + MLflow.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 FORMAT_HELP = "Dataset format: icdar2013, icdar2015, td500, ctw1500, totaltext, mlt17."
+WORD_FORMAT_HELP = (
+    " Word (recognition) formats: lmdb (folder / s3:// prefix with data.mdb), icdar2015-words (word_<n>.png + "
+    "gt.txt), crops (--src is a detection ingest destination: its instances become rectified word crops; "
+    "rows keep their dataset name). Details: docs/words.md."
+)
 
 
 def fail(message: str) -> None:
@@ -108,16 +114,33 @@ def fail(message: str) -> None:
 
 @app.command()
 def synth(
-    format: str = typer.Option(..., "--format", help=FORMAT_HELP),
+    format: str = typer.Option(
+        ..., "--format", help=FORMAT_HELP + " With --task recognition: icdar2015-words or lmdb."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder to write images and annotations into (created)."),
     n: int = typer.Option(100, "--n", min=1, help="Number of images."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
     split: str = typer.Option("train", "--split", help="Split name used in file layout where the format has one."),
     size: int = typer.Option(256, "--size", min=64, help="Image side in pixels (square)."),
+    task: str = typer.Option(
+        "detection", "--task", help="detection: scene images with polygons; recognition: word images with labels."
+    ),
 ) -> None:
-    """Render synthetic scene-text images with exact polygons, written in a dataset's own format."""
+    """Render synthetic scene-text images with exact polygons (or, --task recognition, word images with
+    labels), written in a dataset's own format."""
     from tcm.data.synth import write_dataset
 
+    if task == "recognition":
+        from tcm.data.synth_words import write_dataset as write_words
+
+        try:
+            words = write_words(format, out, n=n, seed=seed, split=split)
+        except ValueError as err:
+            fail(str(err))
+        typer.echo(f"wrote {len(words)} word images in {format} format to {out / split}")
+        return
+    if task != "detection":
+        fail(f"unknown --task {task!r}; expected detection or recognition")
     try:
         written = write_dataset(format, out, n=n, seed=seed, split=split, height=size, width=size)
     except ValueError as err:
@@ -128,7 +151,7 @@ def synth(
 
 @app.command()
 def ingest(
-    format: str = typer.Option(..., "--format", help=FORMAT_HELP),
+    format: str = typer.Option(..., "--format", help=FORMAT_HELP + WORD_FORMAT_HELP),
     src: list[str] = typer.Option(
         ...,
         "--src",
@@ -141,6 +164,9 @@ def ingest(
     rows_per_shard: int = typer.Option(256, "--rows-per-shard", min=1, help="Rows per Parquet shard."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 when anything was quarantined."),
     json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout."),
+    charset: int = typer.Option(
+        94, "--charset", help="Word formats: label charset, 94 (training: case + punctuation), 62 or 36."
+    ),
 ) -> None:
     """Validate a dataset and write unified Parquet shards plus DST/manifest.json (S3 endpoint: AWS_ENDPOINT_URL_S3)."""
     from pipelines.ingest import IngestError
@@ -148,7 +174,10 @@ def ingest(
 
     log = (lambda msg: typer.echo(msg, err=True)) if json_out else typer.echo
     try:
-        manifest = run_ingest(format, src, dst, split, dataset=dataset, rows_per_shard=rows_per_shard, progress=log)
+        if format in ("lmdb", "icdar2015-words", "crops"):
+            manifest = _ingest_words(format, src, dst, split, dataset, rows_per_shard, charset, log)
+        else:
+            manifest = run_ingest(format, src, dst, split, dataset=dataset, rows_per_shard=rows_per_shard, progress=log)
     except (IngestError, ValueError) as err:
         fail(str(err))
     if json_out:
@@ -156,8 +185,30 @@ def ingest(
     quarantined = manifest["split_details"][split]["quarantined"]
     for q in quarantined:
         log(f"quarantined {q['source']}: {q['reason']}")
+    for kind in ("filtered", "skipped"):  # word formats: labels dropped by preprocessing, unusable instances
+        for reason, count in manifest["split_details"][split].get(kind, {}).items():
+            log(f"{kind} {count}: {reason}")
     if strict and quarantined:
         fail(f"{len(quarantined)} item(s) quarantined and --strict is set")
+
+
+def _ingest_words(fmt: str, src: list[str], dst: str, split: str, dataset, rows_per_shard: int, charset: int, log):
+    """The word formats of `tcm ingest` (pipelines/words.py)."""
+    from pipelines import words
+    from tcm.recognition.charset import CHARSETS
+
+    if charset not in CHARSETS:
+        raise ValueError(f"--charset {charset}: expected one of {sorted(CHARSETS)}")
+    if fmt != "icdar2015-words" and len(src) != 1:
+        raise ValueError(f"--format {fmt} takes one --src (got {len(src)})")
+    opts = {"split": split, "charset": CHARSETS[charset], "progress": log}
+    match fmt:
+        case "lmdb":
+            return words.ingest_lmdb(src[0], dst, dataset=dataset, rows_per_shard=rows_per_shard, **opts)
+        case "icdar2015-words":
+            return words.ingest_words43(src, dst, dataset=dataset, rows_per_shard=rows_per_shard, **opts)
+        case _:
+            return words.build_crops(src[0], dst, **opts)
 
 
 pipeline_app = typer.Typer(

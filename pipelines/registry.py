@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from pipelines import storage, tracking
 from pipelines.config import MlflowConfig
 from tcm.config import DetectorConfig
+from tcm.recognition.config import RecognizerConfig
 
 if TYPE_CHECKING:  # torch and MLflow are imported where used: `tcm --help` loads this module
     from torch import nn
@@ -184,7 +185,7 @@ def log_model(
     tracking_uri: str,
     run_id: str,
     model: nn.Module,
-    detector: DetectorConfig,
+    detector: DetectorConfig | RecognizerConfig,
     *,
     meta: Mapping[str, Any] | None = None,
     experiment: Mapping[str, Any] | None = None,
@@ -227,21 +228,31 @@ def log_model(
     return info.model_uri
 
 
-def model_signature(model: nn.Module, detector: DetectorConfig) -> tuple[Any, Any]:
-    """(signature, input example) of a detector: a normalised image batch in, its output maps out (names and
-    shapes from one forward pass on a 64 x 64 example, a multiple of the 32-px stride; -1 = any size)."""
+def model_signature(model: nn.Module, model_cfg: DetectorConfig | RecognizerConfig) -> tuple[Any, Any]:
+    """(signature, input example): a normalised image batch in, the model's output tensors out (names and shapes
+    from one forward pass on the example; -1 = any size). Detector: a 64 x 64 example (a multiple of the 32-px
+    stride), any H and W; recogniser: its fixed input size (crops are stretched to it)."""
     import numpy as np
     import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    example = np.zeros((1, 3, 64, 64), dtype=np.float32)  # (B, 3, H, W), mean-subtracted, std-divided pixels
+    match model_cfg:
+        case RecognizerConfig(image_size=(H, W)):
+            example = np.zeros((1, 3, H, W), dtype=np.float32)  # (B, 3, H, W) normalised crops
+            in_shape = (-1, 3, H, W)
+        case _:
+            example = np.zeros((1, 3, 64, 64), dtype=np.float32)  # (B, 3, H, W), mean-subtracted, std-divided
+            in_shape = (-1, 3, -1, -1)
     module = copy.deepcopy(model).cpu().eval()
     with torch.no_grad():
         outputs = module(torch.from_numpy(example))
-    any_size = (-1, 3, -1, -1)
-    spec_out = [TensorSpec(np.dtype(np.float32), (-1, *([-1] * (v.dim() - 1))), k) for k, v in outputs.items()]
-    return ModelSignature(Schema([TensorSpec(np.dtype(np.float32), any_size)]), Schema(spec_out)), example
+    spec_out = [
+        TensorSpec(np.dtype(np.float32), (-1, *([-1] * (v.dim() - 1))), k)
+        for k, v in outputs.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point()
+    ]
+    return ModelSignature(Schema([TensorSpec(np.dtype(np.float32), in_shape)]), Schema(spec_out)), example
 
 
 def register_model(tracking_uri: str, model_uri: str, name: str, alias: str, tags: Mapping[str, str] | None = None) -> str:
@@ -261,16 +272,17 @@ def run_model_uri(tracking_uri: str, run_id: str) -> str | None:
 @dataclass
 class LoadedModel:
     model: nn.Module  # in eval mode, on CPU
-    detector: DetectorConfig
+    detector: DetectorConfig | RecognizerConfig  # the model's config (pipelines.tasks.task_for picks its task)
     experiment: dict[str, Any] | None  # the training run's resolved config (test scale, protocol), when recorded
 
 
 def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
-    """A detector from `models:/…`, `runs:/…` (weights only) or a checkpoint folder (path, file://, s3://)."""
+    """A detector or recogniser from `models:/…`, `runs:/…` (weights only) or a checkpoint folder (path, file://,
+    s3://)."""
     import mlflow
 
     from pipelines import checkpoint as ckpt_io
-    from tcm.build import build_detector
+    from pipelines.tasks import task_for
 
     if uri.startswith(("models:/", "runs:/")):
         if tracking_uri:
@@ -282,7 +294,7 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
             ckpt = ckpt_io.read_checkpoint(folder, with_train_state=False)
     else:
         ckpt = ckpt_io.load_checkpoint(uri)
-    model = build_detector(ckpt.detector, pretrained=False)  # every weight comes from the checkpoint
+    model = task_for(ckpt.detector).build_model(ckpt.detector, pretrained=False)  # weights from the checkpoint
     ckpt_io.load_model_state(model, ckpt, ckpt.detector)
     return LoadedModel(model.eval(), ckpt.detector, ckpt.experiment)
 

@@ -12,11 +12,14 @@ from typing import Any
 from pipelines.tracking import VAL_HMEAN
 
 
-def write_comparison(rows: Sequence[Mapping[str, Any]], params: Sequence[str], folder: Path) -> list[Path]:
-    """rows: one per trial with `trial_id`, `epochs`, every name in `params`, and VAL_HMEAN; best first.
+def write_comparison(
+    rows: Sequence[Mapping[str, Any]], params: Sequence[str], folder: Path, metric: str = VAL_HMEAN
+) -> list[Path]:
+    """rows: one per trial with `trial_id`, `epochs`, every name in `params`, and `metric` (the task's primary
+    validation metric: val/hmean for a detector, val/accuracy for a recogniser); best first.
     Writes trials.csv, trials.md and parallel_coordinates.png into `folder`; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    columns = ["trial_id", *params, "epochs", VAL_HMEAN]
+    columns = ["trial_id", *params, "epochs", metric]
     table = folder / "trials.csv"
     with table.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -27,7 +30,7 @@ def write_comparison(rows: Sequence[Mapping[str, Any]], params: Sequence[str], f
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
     markdown.write_text("\n".join(lines) + "\n")
     png = folder / "parallel_coordinates.png"
-    plot_parallel_coordinates(rows, [*params, VAL_HMEAN], png)
+    plot_parallel_coordinates(rows, [*params, metric], png)
     return [table, markdown, png]
 
 

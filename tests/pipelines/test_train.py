@@ -18,9 +18,10 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from pipelines import registry, tracking
+from pipelines.checkpoint import load_model_state
 from pipelines.config import ExperimentConfig, load_config
 from pipelines.storage import StorageError
-from pipelines.train import build_trainer, run_training, set_poly_lr, train_command
+from pipelines.train import build_trainer, make_optimizer, run_training, set_poly_lr, train_command
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "jobs" / "configs" / "tiny_cpu.yaml"
@@ -35,7 +36,8 @@ def synth_dataset(root: Path, split: str, n: int, seed: int) -> str:
     from tcm.data.synth import write_dataset
 
     write_dataset("icdar2015", root / f"src-{split}", n=n, seed=seed, split=split, height=128, width=128)
-    ingest("icdar2015", str(root / f"src-{split}"), str(root / split), split, progress=lambda _msg: None)
+    # 4 rows a shard: several read tasks whose blocks can arrive in any order unless the stream preserves it
+    ingest("icdar2015", str(root / f"src-{split}"), str(root / split), split, rows_per_shard=4, progress=lambda _msg: None)
     return str(root / split)
 
 
@@ -100,7 +102,7 @@ def test_poly_schedule_decays_each_group_and_keeps_frozen_groups_at_zero():
 
 
 def test_init_from_another_prompt_count_reinitialises_only_the_contexts(tmp_path):
-    from pipelines.checkpoint import load_model_state, read_checkpoint, save_checkpoint
+    from pipelines.checkpoint import read_checkpoint, save_checkpoint
     from pipelines.train import PROMPT_CONTEXTS, PROMPT_POSITIONS, fit_prompt_count
     from tcm.build import build_detector
 
@@ -124,6 +126,61 @@ def test_init_from_another_prompt_count_reinitialises_only_the_contexts(tmp_path
     assert torch.equal(got[PROMPT_POSITIONS][n:], fresh[PROMPT_POSITIONS][n:])
     others = [k for k in old if k not in (PROMPT_CONTEXTS, PROMPT_POSITIONS)]
     assert others and all(torch.equal(got[k], old[k]) for k in others)
+
+
+def _trained_state(cfg: ExperimentConfig):
+    """A tiny TCM-DB after three real optimiser steps through a CPU GradScaler that has lowered its scale once:
+    Adam moments and step counts, a non-default scale and growth tracker, each group's lr from the schedule."""
+    from tcm.build import build_detector
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no CLIP weights" is expected here
+        model = build_detector(cfg.detector(), pretrained=False)
+    optimizer = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
+    x = torch.randn(2, 3, 64, 64)
+    for step in range(3):
+        set_poly_lr(optimizer, cfg, step)
+        optimizer.zero_grad()
+        loss = model(x)["prob_logits"].float().pow(2).mean() * (math.inf if step == 1 else 1.0)  # step 1 overflows
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return model, optimizer, scaler
+
+
+def test_a_resumed_worker_starts_bit_exactly_where_the_checkpoint_left_off(tmp_path):
+    """What `_setup_worker` does with a restored checkpoint (load_model_state + make_optimizer +
+    restore_train_state) gives back the saved weights, optimiser state, grad scaler and lr, bit for bit."""
+    from pipelines.checkpoint import read_checkpoint, restore_train_state, save_checkpoint
+    from tcm.build import build_detector
+
+    cfg = ExperimentConfig().with_overrides({"model.preset": "tiny", "optim.lr": 1e-3, "train.epochs": 10})
+    model, optimizer, scaler = _trained_state(cfg)
+    assert scaler.get_scale() != 2.0**12 and optimizer.state  # the state is not what a fresh build has
+    save_checkpoint(tmp_path, model, cfg.detector(), optimizer=optimizer, scaler=scaler)
+
+    ckpt = read_checkpoint(tmp_path, with_train_state=True)
+    torch.manual_seed(1)  # other initial weights: only the restore can make them equal
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = build_detector(cfg.detector(), pretrained=False)
+    load_model_state(fresh, ckpt, cfg.detector())
+    fresh_opt = make_optimizer(fresh, cfg)
+    fresh_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
+    restore_train_state(ckpt, fresh_opt, fresh_scaler)
+
+    for (k, a), (_, b) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    saved, restored = optimizer.state_dict(), fresh_opt.state_dict()
+    assert [g["lr"] for g in restored["param_groups"]] == [g["lr"] for g in saved["param_groups"]]
+    assert restored["param_groups"] == saved["param_groups"]  # lr, lr_factor, betas, weight decay, names
+    assert saved["state"].keys() == restored["state"].keys()
+    for i, st in saved["state"].items():
+        for key, value in st.items():
+            assert torch.equal(value, restored["state"][i][key]), (i, key)  # moments and step counts
+    assert fresh_scaler.state_dict() == scaler.state_dict()  # scale, growth tracker, factors
 
 
 def test_unwritable_storage_fails_before_training(tmp_path):
@@ -199,9 +256,51 @@ def _context(dataset_input) -> str:
 
 @pytest.mark.slow
 @pytest.mark.integration
+def test_deterministic_stream_replays_in_order_and_a_resumed_stream_continues_it(data):
+    """`data.deterministic`: the same rows in the same order every run, and a stream built for epoch 1 (a resumed
+    run) is, image for image and in order, the second pass of the stream built for epoch 0."""
+    import hashlib
+
+    from pipelines.train import build_datasets, ingest_config
+
+    cfg = tiny_config(data, "sqlite://", "unused", "order", "data.deterministic=true", "data.num_workers=2")
+
+    def ordered(ds) -> list[str]:
+        return [hashlib.sha256(img.tobytes()).hexdigest() for b in ds.iter_batches(batch_size=None) for img in b["image"]]
+
+    run = build_datasets(cfg)["train"]
+    # the order is kept by the stream and by Train's split of it (a race between two small read tasks resolves
+    # the same way most of the time on an idle machine, so the kept order is asserted on the plan as well)
+    def kept(c: ExperimentConfig) -> bool:  # the order Train's split of the stream keeps (Ray has no public getter)
+        return ingest_config(c)._get_user_execution_options("train").preserve_order
+
+    assert run.context.execution_options.preserve_order and kept(cfg)
+    assert not kept(tiny_config(data, "sqlite://", "unused", "o"))
+    first, second = ordered(run), ordered(run)
+    assert len(first) == 12 and sorted(first) != sorted(second)  # each pass is a new epoch of augmentation
+    assert ordered(build_datasets(cfg)["train"]) == first
+    assert ordered(build_datasets(cfg, first_epoch=2)["train"]) == second
+
+
+@pytest.mark.slow
+@pytest.mark.integration
 def test_killed_run_resumes_from_its_checkpoint_into_the_same_mlflow_run(tmp_path, data, tracking_uri):
+    """Stopped after epoch 1 and resumed, a deterministic run ends with the weights of an uninterrupted one.
+
+    Tolerance: none (bit-exact). With `data.deterministic` the worker sees the same rows in the same order with
+    the same augmentation (seed, epoch, row id) and the same dropout draws (seed, epoch, rank), and it runs one
+    CPU thread, so every float operation repeats; a lost optimiser moment, a restarted lr schedule or a replayed
+    or skipped epoch of data changes the weights far above float rounding."""
     storage = str(tmp_path / "runs")
-    common = ("train.epochs=2", "train.num_workers=1", "mlflow.registered_model=null")
+    common = (
+        "train.epochs=2",
+        "train.num_workers=1",
+        "mlflow.registered_model=null",
+        "data.deterministic=true",
+        "train.steps_per_epoch=null",  # full passes: 12 rows, batch 4 -> 3 steps an epoch
+        "data.batch_size=4",
+        "data.num_workers=2",  # two augmentation tasks at once: blocks race unless the order is kept
+    )
     crashing = tiny_config(data, tracking_uri, storage, "resume", *common, "train.fail_after_epoch=1")
     with warnings.catch_warnings(), pytest.raises(Exception, match="fail_after_epoch=1"):
         warnings.simplefilter("ignore")
@@ -222,6 +321,17 @@ def test_killed_run_resumes_from_its_checkpoint_into_the_same_mlflow_run(tmp_pat
     assert sorted(h.step for h in history) == [1, 2]  # epoch 1 from the first attempt, 2 after resuming
     assert run.data.tags["tcm.resumed_from_epoch"] == "1"
     assert json.loads((Path(outcome.checkpoint) / "meta.json").read_text())["epoch"] == 2
+
+    straight = tiny_config(data, tracking_uri, storage, "straight", *common, "mlflow.log_model=false")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = run_training(straight)
+    resumed = torch.load(Path(outcome.checkpoint) / "model.pt", weights_only=True)
+    uninterrupted = torch.load(Path(reference.checkpoint) / "model.pt", weights_only=True)
+    moved = torch.load(Path(storage) / "resume" / "checkpoint_epoch=0001" / "model.pt", weights_only=True)
+    assert any(not torch.equal(moved[k], v) for k, v in resumed.items())  # epoch 2 did train
+    for k, v in uninterrupted.items():
+        assert torch.equal(resumed[k], v), f"{k}: max |diff| {(resumed[k].float() - v.float()).abs().max():.3g}"
 
 
 @pytest.mark.slow
