@@ -111,6 +111,8 @@ def predict_eval_batch(
     model: torch.nn.Module, codec: Any, batch: Mapping[str, Any], sel: Sequence[int], device: torch.device
 ) -> list[list[Detection]]:
     """Detections of the rows `sel` of a numpy batch of eval rows, one forward pass per image size."""
+    import torch
+
     images = [np.asarray(batch["image"][i], dtype=np.float32) for i in sel]  # each (3, H_i, W_i) normalised
     scales = _scales({"scale": np.asarray(batch["scale"])[list(sel)]}, len(sel))
     sizes = _sizes(batch, sel)

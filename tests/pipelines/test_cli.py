@@ -56,7 +56,7 @@ def test_lazy_commands_list_their_docstrings_and_resolve_to_the_real_commands() 
     assert listing.exit_code == 0
     for name in (*LAZY_COMMANDS, "synth", "ingest", "pipeline"):
         assert f" {name} " in listing.output, name
-    assert "Score predictions in the RRC submission form" in listing.output  # score's docstring, read with ast
+    assert "Score predictions against ground truth" in listing.output  # score's docstring, read with ast
     train = CliRunner().invoke(app, ["train", "--help"], terminal_width=200)
     assert train.exit_code == 0 and "--config" in train.output and "--no-register" in train.output
     missing = CliRunner().invoke(app, ["train"])  # the real command: its required option is enforced
