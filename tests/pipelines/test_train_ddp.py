@@ -101,11 +101,13 @@ def _fresh(cfg: ExperimentConfig):
 
 def _one_worker(cfg: ExperimentConfig, arrays: dict[str, np.ndarray], steps: list[list[int]]) -> dict:
     """The pipeline's `_train_epoch` in this process, one worker: batch = the rows of each step."""
+    from pipelines.tasks import task_for
     from pipelines.train import _State, _train_epoch, _Worker
 
     model, optimizer = _fresh(cfg)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    w = _Worker(cfg, {}, 0, 1, torch.device("cpu"), model, model, optimizer, scaler, None, None, None, _State())
+    task = task_for(cfg.tcm_config())
+    w = _Worker(cfg, {}, 0, 1, torch.device("cpu"), model, model, optimizer, scaler, None, None, None, _State(), task)
     _train_epoch(w, _Shard(arrays, steps))
     return model.state_dict()
 
