@@ -16,8 +16,11 @@ Reproducibility. Every random draw of a row comes from `row_rng(seed, epoch, rep
 on which worker handles the row or in which order. A Dataset is a plan that re-executes on every pass; pass k
 over the Dataset (the k-th epoch of a training loop, counted by Ray Data itself, as its own seeded `random()`
 expression and file shuffles do) draws the augmentation of epoch `epoch + k`, so one Dataset handed to a trainer
-gives fresh augmentation every epoch and a resumed run passes `epoch=<first epoch>` to continue the same stream.
-Only a completed pass counts: a loop that stops iterating early gets the same augmentation again next time.
+gives fresh augmentation every epoch and a resumed run passes `epoch=<first epoch>` to continue the same stream:
+`train_dataset` starts the Dataset's pass counter at `epoch`, so the seeded file order (Ray hashes (seed, pass))
+continues too. Only a completed pass counts: a loop that stops iterating early gets the same augmentation again
+next time. `deterministic=True` adds Ray Data's `preserve_order`: blocks then leave in the same order on every run
+(and reach the same trainer worker), so a run replays exactly, at the cost of waiting for the slowest task.
 
 Mixing. Each source contributes weight_i / sum(weights) of an epoch of N = sum of the sources' (few-shot) row
 counts: a source whose share exceeds its size is repeated (copy k is another augmentation of the same image,
@@ -53,7 +56,6 @@ from tcm.data.transforms import (
     colour_jitter,
     decode_image,
     normalize,
-    pad_image,
     random_augment,
     resize_for_test,
 )
@@ -212,19 +214,22 @@ def _encode_block_ray(block: pa.Table, *, batch_size: int, **kwargs: Any) -> Ite
 
 
 def eval_row(
-    row: Mapping[str, Any], *, model_cfg: DetectorConfig, long_side: int, short_side: int, canvas: int
+    row: Mapping[str, Any], *, model_cfg: DetectorConfig, long_side: int, short_side: int, max_side: int | None = None
 ) -> dict[str, Any]:
-    """One unified row -> the network input on a canvas x canvas zero pad, `scale` (sx, sy) back to original
-    pixels (the `scale` of Codec.decode) and the ground truth as JSON (original pixels)."""
+    """One unified row -> the network input at its own test size: keep-ratio resize, zero-padded bottom/right
+    only to multiples of 32 (the released test pipeline, `Pad(size_divisor=32)`, batch 1). TCM's global parts
+    see every padded pixel, so a shared larger canvas would change the image's predictions. `max_side` caps the
+    longer resized side (memory). `scale` (sx, sy) maps back to original pixels (the `scale` of Codec.decode);
+    the ground truth goes as JSON (original pixels)."""
     row_id = str(row["id"])
     try:
         image = decode_image(row["image"])
     except ValueError as err:
         raise ValueError(f"row {row_id!r}: {err}") from None
     H, W = image.shape[:2]
-    resized, scale = resize_for_test(image, long_side, short_side, max_side=canvas)
+    padded, scale = resize_for_test(image, long_side, short_side, max_side=max_side)  # (H', W', 3), /32
     return {
-        "image": normalize(pad_image(resized, canvas, canvas), model_cfg.pixel_mean, model_cfg.pixel_std),
+        "image": normalize(padded, model_cfg.pixel_mean, model_cfg.pixel_std),  # (3, H', W')
         "id": row_id,
         "scale": np.asarray(scale, dtype=np.float64),  # (2,)
         "width": W,
@@ -234,13 +239,22 @@ def eval_row(
     }
 
 
+def ragged(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """A batch column of arrays whose shapes may differ: (B,) object array (Ray Data stores it as a
+    variable-shaped tensor column; `np.stack` would fail on images of different test sizes)."""
+    out = np.empty(len(arrays), dtype=object)
+    for i, a in enumerate(arrays):
+        out[i] = a
+    return out
+
+
 def encode_eval_batch(
     batch: pa.Table | Mapping[str, Any],
     *,
     model_cfg: DetectorConfig,
     long_side: int,
     short_side: int,
-    canvas: int,
+    max_side: int | None = None,
 ) -> dict[str, np.ndarray]:
     cols = _columns(batch)
     rows = [
@@ -249,14 +263,14 @@ def encode_eval_batch(
             model_cfg=model_cfg,
             long_side=long_side,
             short_side=short_side,
-            canvas=canvas,
+            max_side=max_side,
         )
         for i in range(len(cols["id"]))
     ]
     if not rows:
         return {}
     return {
-        "image": np.stack([r["image"] for r in rows]),  # (B, 3, canvas, canvas)
+        "image": ragged([r["image"] for r in rows]),  # (B,) of (3, H_i, W_i): each image at its own size
         "scale": np.stack([r["scale"] for r in rows]),  # (B, 2)
         "width": np.array([r["width"] for r in rows], dtype=np.int64),
         "height": np.array([r["height"] for r in rows], dtype=np.int64),
@@ -409,13 +423,15 @@ def train_dataset(
     num_workers: int = NUM_WORKERS,
     cpus_per_task: float = 1.0,
     object_store_budget_gib: float | None = None,
+    deterministic: bool = False,
 ) -> ray.data.Dataset:
     """Training batches from (manifest_uri, weight) sources: {"image": (B, 3, S, S) float32, <targets of
     model_cfg.head's codec>: (B, ...) float32} with S = aug_cfg.crop_size = model_cfg.input_size.
 
     `epoch`: the epoch of the first pass (a resumed run passes the epoch it resumes at). `cpus_per_task`: CPUs
     each read / augmentation task reserves (lower it when trainer workers hold the machine's CPUs).
-    `object_store_budget_gib`: cap on the object-store memory the stream may fill (`with_budget`)."""
+    `object_store_budget_gib`: cap on the object-store memory the stream may fill (`with_budget`).
+    `deterministic`: rows in the same order on every run (`preserve_order`; see the module docstring)."""
     from tcm.build import build_codec  # driver only: see the module docstring
 
     check_sizes(model_cfg, aug_cfg)
@@ -432,7 +448,8 @@ def train_dataset(
             batch_format="pyarrow",
             compute=ray.data.TaskPoolStrategy(size=num_workers),
             num_cpus=cpus_per_task,
-            fn_kwargs={"codec": codec, "model_cfg": model_cfg, "aug_cfg": aug_cfg, "seed": seed, "epoch": epoch,
+            # epoch 0 + the pass counter, which starts at `epoch` (below)
+            fn_kwargs={"codec": codec, "model_cfg": model_cfg, "aug_cfg": aug_cfg, "seed": seed, "epoch": 0,
                        "batch_size": batch_size},  # fmt: skip
         )
 
@@ -441,11 +458,14 @@ def train_dataset(
         split,
         seed=seed,
         fraction=fraction,
-        epoch=epoch,
         num_workers=num_workers,
         cpus_per_task=cpus_per_task,
         per_source=augment,
     )
+    # pass k of this Dataset is epoch `epoch + k` of the run, for the file order (Ray's FileShuffleConfig hashes
+    # (seed, pass)), the mixing subsets and the augmentation alike: a resumed run continues all three
+    encoded.context._execution_idx = epoch
+    encoded.context.execution_options.preserve_order = deterministic
     with_budget(encoded.context.execution_options, object_store_budget_gib)
     encoded.context.target_max_block_size = TRAIN_BLOCK_MIB * 2**20
     return encoded
@@ -469,19 +489,17 @@ def eval_dataset(
     *,
     long_side: int,
     short_side: int,
-    canvas: int | None = None,
+    max_side: int | None = None,
     fraction: float = 1.0,
     batch_size: int = MAP_BATCH_SIZE,
     num_workers: int = NUM_WORKERS,
     cpus_per_task: float = 1.0,
 ) -> ray.data.Dataset:
-    """Validation / test rows, no augmentation: keep-ratio resize (long_side, short_side) as mmcv, padded to a
-    square `canvas` (default: long_side rounded up to /32; images that would exceed it are resized down to fit)
-    so batches stack. Columns: image (B, 3, canvas, canvas) float32, id, scale (B, 2) = (sx, sy) for
-    Codec.decode, width, height (original), gt_polygons / gt_ignore (JSON, original pixels; see `parse_gt`)."""
-    canvas = canvas or -(-long_side // 32) * 32
-    if canvas % 32:
-        raise ValueError(f"eval canvas {canvas} must be a multiple of 32 (the backbone's stride)")
+    """Validation / test rows, no augmentation: keep-ratio resize (long_side, short_side) as mmcv, each image
+    padded only to multiples of 32 (`eval_row`; `max_side` caps the longer side). Columns: image (B,) of
+    (3, H_i, W_i) float32 (sizes differ: consumers batch equal sizes, pipelines.evaluate.size_groups), id,
+    scale (B, 2) = (sx, sy) for Codec.decode, width, height (original), gt_polygons / gt_ignore (JSON, original
+    pixels; see `parse_gt`)."""
     rows = select_rows(
         [(manifest_uri, 1.0)],
         split,
@@ -501,6 +519,6 @@ def eval_dataset(
             "model_cfg": model_cfg,
             "long_side": long_side,
             "short_side": short_side,
-            "canvas": canvas,
+            "max_side": max_side,
         },
     )

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from pipelines import storage
-from pipelines.config import detector_config_from_dict, detector_config_to_dict, flatten
+from pipelines.config import flatten, model_config_from_dict, model_config_to_dict
 from tcm.config import DetectorConfig
+from tcm.recognition.config import RecognizerConfig
 
 MODEL_FILE = "model.pt"
 TRAIN_STATE_FILE = "train_state.pt"
@@ -52,7 +53,7 @@ class Checkpoint:
 
     path: str
     model_state: dict[str, torch.Tensor]
-    detector: DetectorConfig
+    detector: DetectorConfig | RecognizerConfig  # the model's config (a recogniser's when config.json says so)
     meta: dict[str, Any]
     experiment: dict[str, Any] | None
     train_state: dict[str, Any] | None
@@ -65,7 +66,7 @@ class Checkpoint:
 def save_checkpoint(
     directory: str | Path,
     model: nn.Module,
-    detector: DetectorConfig,
+    detector: DetectorConfig | RecognizerConfig,
     *,
     meta: Mapping[str, Any] | None = None,
     experiment: Mapping[str, Any] | None = None,
@@ -84,7 +85,7 @@ def save_checkpoint(
         torch.save(train_state, directory / TRAIN_STATE_FILE)
     # recorded URIs never keep a `user:secret@` part (a redacted s3://***@bucket/… still resolves, env keys)
     experiment = storage.redact_uris(dict(experiment)) if experiment else None
-    config = {"model": detector_config_to_dict(detector), "experiment": experiment}
+    config = {"model": model_config_to_dict(detector), "experiment": experiment}
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
     meta = storage.redact_uris({"format": FORMAT_VERSION, **(meta or {})})
     (directory / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -109,7 +110,7 @@ def read_checkpoint(directory: str | Path, *, with_train_state: bool = True) -> 
         raise CheckpointError(f"{directory}: cannot read checkpoint, it holds more than weights ({reason})") from None
     except (OSError, RuntimeError, ValueError) as err:  # truncated files, bad JSON
         raise CheckpointError(f"{directory}: cannot read checkpoint ({err})") from None
-    detector = detector_config_from_dict(config["model"], source=str(directory / CONFIG_FILE))
+    detector = model_config_from_dict(config["model"], source=str(directory / CONFIG_FILE))
     return Checkpoint(str(directory), model_state, detector, meta, config.get("experiment"), train_state)
 
 
@@ -133,14 +134,26 @@ def load_checkpoint(uri: str, *, with_train_state: bool = False) -> Checkpoint:
         return read_checkpoint(directory, with_train_state=with_train_state)
 
 
-def config_diff(checkpoint: DetectorConfig, current: DetectorConfig) -> list[tuple[str, Any, Any]]:
+def restore_train_state(
+    ckpt: Checkpoint, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+) -> None:
+    """Put the optimiser (moments, step counts, each group's lr) and the grad scaler back as the checkpoint saved
+    them. A checkpoint without train state (exported weights) leaves both as built."""
+    if not ckpt.train_state:
+        return
+    optimizer.load_state_dict(ckpt.train_state["optimizer"])
+    if scaler is not None and ckpt.train_state.get("scaler"):
+        scaler.load_state_dict(ckpt.train_state["scaler"])
+
+
+def config_diff(checkpoint: Any, current: Any) -> list[tuple[str, Any, Any]]:
     """(dotted field, checkpoint value, current value) for every model field that differs."""
-    a = flatten(detector_config_to_dict(checkpoint), "model.")
-    b = flatten(detector_config_to_dict(current), "model.")
+    a = flatten(model_config_to_dict(checkpoint), "model.")
+    b = flatten(model_config_to_dict(current), "model.")
     return [(key, a.get(key), b.get(key)) for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
 
 
-def load_model_state(model: nn.Module, ckpt: Checkpoint, current: DetectorConfig) -> None:
+def load_model_state(model: nn.Module, ckpt: Checkpoint, current: DetectorConfig | RecognizerConfig) -> None:
     """Load weights into `model` (built from `current`), naming config differences instead of shapes.
 
     Config differences that leave every tensor the same (post-processing, weights path) are allowed and warned

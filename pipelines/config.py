@@ -17,14 +17,16 @@ import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from pipelines.storage import redact_uris
 from tcm.config import ClipConfig, DBHeadConfig, DetectorConfig, FCEHeadConfig, PANHeadConfig, TCMConfig
 from tcm.data.transforms import AugmentConfig
+from tcm.data.word_augment import WordAugmentConfig
+from tcm.recognition.config import RecognizerConfig
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,7 @@ class ModelConfig(Strict):
     kind given, not all three); `tests/pipelines/test_config.py` checks the fields stay in step.
     """
 
+    kind: ClassVar[Literal["detector"]] = "detector"  # the task (pipelines.tasks.task_for); YAML may omit it
     preset: Literal["rn50", "tiny"] = "rn50"  # rn50 = the paper's CLIP RN50; tiny = DetectorConfig.tiny() for CPU
     clip: ClipConfig = Field(default_factory=ClipConfig)
     tcm: TCMConfig = Field(default_factory=TCMConfig)
@@ -57,6 +60,8 @@ class ModelConfig(Strict):
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         """Fill what the YAML leaves out from the preset, so a flat YAML only states what differs."""
+        if isinstance(data, Mapping) and data.get("kind") == "detector":
+            data = {k: v for k, v in data.items() if k != "kind"}  # the tag, not a DetectorConfig field
         if not isinstance(data, Mapping) or data.get("preset", "rn50") != "tiny":
             return data
         given_head = data.get("head") if isinstance(data.get("head"), Mapping) else {}
@@ -66,11 +71,51 @@ class ModelConfig(Strict):
         return _deep_merge(base, dict(data))
 
     def to_detector(self) -> DetectorConfig:
+        """The tcm dataclass (fields 1:1; `kind` and `preset` are the pipeline's)."""
         return DetectorConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DetectorConfig)})
 
     @classmethod
     def from_detector(cls, det: DetectorConfig) -> ModelConfig:
         return cls.model_validate({f.name: _as_plain(getattr(det, f.name)) for f in dataclasses.fields(det)})
+
+
+class RecognizerModelConfig(Strict):
+    """`model.kind: recognizer`: CLIP4STR, the frozen `tcm.recognition.RecognizerConfig` nested as `recognizer`
+    (validated field by field by pydantic, unknown keys named), started from a preset."""
+
+    kind: Literal["recognizer"]
+    preset: Literal["b16", "tiny"] = "b16"  # b16 = CLIP4STR-B as released; tiny = RecognizerConfig.tiny() for CPU
+    recognizer: RecognizerConfig = Field(default_factory=RecognizerConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """The tiny preset fills what `recognizer:` leaves out from `RecognizerConfig.tiny()`."""
+        if not isinstance(data, Mapping) or data.get("preset", "b16") != "tiny":
+            return data
+        given = data.get("recognizer") if isinstance(data.get("recognizer"), Mapping) else {}
+        return {**data, "recognizer": _deep_merge(_as_plain(RecognizerConfig.tiny()), given)}
+
+    def to_recognizer(self) -> RecognizerConfig:
+        return self.recognizer
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) the word crops are resized to."""
+        return self.recognizer.image_size
+
+
+def _model_kind(value: Any) -> str:
+    """The union's tag: `kind`, detector when absent (every YAML from before recognition)."""
+    if isinstance(value, Mapping):
+        return str(value.get("kind", "detector"))
+    return str(getattr(value, "kind", "detector"))
+
+
+ModelUnion = Annotated[
+    Annotated[ModelConfig, Tag("detector")] | Annotated[RecognizerModelConfig, Tag("recognizer")],
+    Discriminator(_model_kind),
+]
 
 
 def _tiny_head(kind: str) -> DBHeadConfig | PANHeadConfig | FCEHeadConfig | None:
@@ -99,14 +144,24 @@ class DataConfig(Strict):
     val: list[DatasetRef] = Field(default_factory=list)  # concatenated; empty = no validation
     fraction: float = Field(1.0, gt=0, le=1)  # deterministic few-shot subset of training rows (paper: 0.1)
     seed: int = 0  # fixes the few-shot subset and the augmentation streams
+    # Reproducible runs: the training stream keeps its block order (Ray Data `preserve_order`), so every run with
+    # the same seed feeds the same rows in the same order to the same worker, and a run stopped after epoch k and
+    # resumed ends where an uninterrupted run ends (augmentation is drawn from (seed, epoch, row id) either way;
+    # full epochs only: `train.steps_per_epoch` cuts a pass short and Ray Data then replays it). Off by default:
+    # an ordered stream waits for its slowest augmentation task instead of passing on whatever is ready first
+    deterministic: bool = False
     batch_size: int = Field(16, gt=0)  # per worker: TCM configs use samples_per_gpu=16
     augment: AugmentConfig = Field(default_factory=AugmentConfig)  # crop_size defaults to model.input_size
+    # recognition: RandAugment of word crops on the CPU workers; image_size defaults to the recogniser's input
+    word_augment: WordAugmentConfig = Field(default_factory=WordAugmentConfig)
+    word_augment_enabled: bool = True  # False: words only resized + normalised (e.g. clean synthetic words)
     val_batch_size: int = Field(1, gt=0)  # TCM test pipelines run batch 1
     # keep-ratio test resize (mmdet img_scale = (long, short)); TCM IC15 / CTW1500 test at (4068, 1024)
     val_long_side: int = Field(4068, gt=0)
     val_short_side: int = Field(1024, gt=0)
-    # square zero-padded test canvas (multiple of 32) so batches stack; images that would exceed it are resized
-    # down to fit. None = val_long_side rounded up to 32. IC15 (1280x720 at short side 1024 -> 1820): 1824
+    # cap on the longer side of a resized test image (memory); each image is padded only to multiples of 32,
+    # as released (a shared square canvas changed predictions: TCM's global parts see the padding). None = no
+    # cap beyond the keep-ratio resize. The name stays from when images were pasted on such a canvas
     val_canvas: int | None = Field(None, gt=0, multiple_of=32)
     map_batch_size: int = Field(4, gt=0)  # rows per augmentation call: 4 x (image + DB maps) at 640 ~ 60 MB
     num_workers: int = Field(2, gt=0)  # concurrent augmentation tasks (2-core CI machine; raise on a cluster)
@@ -120,6 +175,13 @@ class DataConfig(Strict):
 
 
 class OptimConfig(Strict):
+    # AdamW/Adam moments: torch's defaults (TCM uses them); CLIP4STR: betas (0.9, 0.98), eps 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    # by-epoch poly (TCM) or OneCycle by step (CLIP4STR: 7.5% linear warm-up from lr/25, cosine down to lr/1e4)
+    schedule: Literal["poly", "onecycle"] = "poly"
+    warmup_fraction: float = Field(0.075, ge=0, lt=1)  # onecycle only: share of the steps spent warming up
+
     kind: Literal["adam", "adamw", "sgd"] = "adamw"  # TCM CTW/TT configs: AdamW (Ranger ones map to AdamW)
     lr: float = Field(1e-4, gt=0)  # TCM DB configs: 1e-4
     weight_decay: float = Field(1e-4, ge=0)  # TCM DB configs: 1e-4 (none on norms and biases)
@@ -147,6 +209,24 @@ class TrainConfig(Strict):
     seed: int = 0
     init_from: str | None = None  # warm start (fine-tune) from a checkpoint folder or models:/ URI
     fail_after_epoch: int | None = None  # test hook: raise after reporting this epoch (simulates a crash)
+    # BatchNorm statistics over the global batch, as released (train_ocrclip.py converts the model to SyncBN
+    # under DDP). None = on when use_gpu and num_workers > 1; torch's SyncBatchNorm needs GPU tensors
+    sync_batchnorm: bool | None = None
+
+    @model_validator(mode="after")
+    def _sync_batchnorm_needs_gpu(self) -> TrainConfig:
+        if self.sync_batchnorm and not self.use_gpu:
+            raise ValueError(
+                "train.sync_batchnorm: true needs train.use_gpu: true (torch's SyncBatchNorm runs on GPU tensors "
+                "only); leave it unset to get it whenever training runs on more than one GPU worker"
+            )
+        return self
+
+    def uses_sync_batchnorm(self) -> bool:
+        """Whether the train loop converts BatchNorm to SyncBatchNorm (tcm.build.convert_sync_batchnorm)."""
+        if self.sync_batchnorm is None:
+            return self.use_gpu and self.num_workers > 1
+        return self.sync_batchnorm
 
 
 class MlflowConfig(Strict):
@@ -158,7 +238,8 @@ class MlflowConfig(Strict):
     alias: str = "champion"  # registry alias set on the version this run registers
     # the alias (and retrain's `champion`) only for a model whose validation / benchmark hmean reaches this: a
     # detector that learned nothing (random init, a few steps) scores 0.0 (one frame-sized box or none per
-    # image); 0.05 is far below any real detector (TCM-DB IC15 ~0.88, the tiny demo 0.8) and above noise
+    # image); 0.05 is far below any real detector (TCM-DB IC15 ~0.88, the tiny demo 0.8) and above noise. A
+    # recogniser's floor is on its validation word accuracy (val/accuracy): a random one reads 0.0
     promote_min_hmean: float = Field(0.05, ge=0, le=1)
     log_model: bool = True  # mlflow.pytorch.log_model at the end of training
 
@@ -173,9 +254,15 @@ class SweepConfig(Strict):
     image_encoder_lr_factor: tuple[float, float] = (0.01, 1.0)  # log-uniform range around TCM's 0.1
     text_encoder_lr_factor: list[float] = Field(default_factory=lambda: [0.0, 0.01, 0.1])  # 0 = frozen (TCM)
     lr: tuple[float, float] = (3e-5, 3e-4)  # log-uniform range around TCM's 1e-4
+    aux_loss_weight: list[float] = Field(default_factory=lambda: [1.0])  # the paper's lambda; list more to study it
     grace_period: int = Field(1, gt=0)  # ASHA: epochs before a trial can be stopped
     reduction_factor: int = Field(2, gt=1)  # ASHA: keep the top 1/2 at each rung (few trials)
     driver_cpus: float = Field(0.25, ge=0)  # a trial's driver only drives its TorchTrainer
+    # recognition (CLIP4STR): text blocks frozen (released: 6 of 12; -1 none), decoder LR factor (released 19),
+    # permutations per step (released 6; PARSeq's ablation range)
+    text_freeze_layers: list[int] = Field(default_factory=lambda: [0, 6, 12])
+    decoder_lr_factor: list[float] = Field(default_factory=lambda: [1.0, 19.0, 38.0])
+    perm_num: list[int] = Field(default_factory=lambda: [2, 6, 12])
     seed: int = 0
 
 
@@ -188,7 +275,7 @@ class EvalConfig(Strict):
 
 class ExperimentConfig(Strict):
     name: str = Field("tcm", min_length=1)  # run name: the same name + storage resumes the same run
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelUnion = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -203,6 +290,8 @@ class ExperimentConfig(Strict):
         if not isinstance(data, Mapping):
             return data
         model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
+        if model.get("kind") == "recognizer":
+            return _recognizer_defaults(data, model)
         data_sec = data.get("data") if isinstance(data.get("data"), Mapping) else {}
         augment = data_sec.get("augment") if isinstance(data_sec.get("augment"), Mapping) else {}
         if "crop_size" in augment:
@@ -213,6 +302,13 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _crop_matches_input_size(self) -> ExperimentConfig:
+        if isinstance(self.model, RecognizerModelConfig):
+            if self.data.word_augment.image_size != self.model.input_size:
+                raise ValueError(
+                    f"data.word_augment.image_size {self.data.word_augment.image_size} must equal "
+                    f"model.recognizer.image_size {self.model.input_size}: the network reads those crops"
+                )
+            return self
         if self.data.augment.crop_size != self.model.input_size:
             raise ValueError(
                 f"data.augment.crop_size ({self.data.augment.crop_size}) must equal model.input_size "
@@ -221,7 +317,13 @@ class ExperimentConfig(Strict):
         return self
 
     def detector(self) -> DetectorConfig:
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"model.kind is {self.model.kind!r}: this step needs a detector")
         return self.model.to_detector()
+
+    def tcm_config(self) -> DetectorConfig | RecognizerConfig:
+        """The tcm dataclass of the configured model, whatever its task."""
+        return model_dataclass(self.model)
 
     def with_overrides(self, overrides: Mapping[str, Any], source: str = "overrides") -> ExperimentConfig:
         """A validated copy with dotted keys replaced: {"model.tcm.num_prompts": 18}."""
@@ -278,6 +380,52 @@ def validate_config(
         problems = [_describe(e, data, source, lines or {}, from_set or {}) for e in err.errors()]
         head = f"{source}: invalid config ({len(problems)} problem{'s' if len(problems) > 1 else ''})"
         raise ConfigError("\n  ".join([head, *problems])) from None
+
+
+def _recognizer_defaults(data: Mapping[str, Any], model: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A recogniser registers as `tcm-recognizer` unless `mlflow.registered_model` says otherwise, and
+    `data.word_augment.image_size` defaults to its input size (the two must agree)."""
+    mlflow_sec = data.get("mlflow") if isinstance(data.get("mlflow"), Mapping) else {}
+    if "registered_model" not in mlflow_sec:
+        data = {**data, "mlflow": {**mlflow_sec, "registered_model": "tcm-recognizer"}}
+    data_sec = data.get("data") if isinstance(data.get("data"), Mapping) else {}
+    word = data_sec.get("word_augment") if isinstance(data_sec.get("word_augment"), Mapping) else {}
+    if "image_size" in word:
+        return data
+    rec = model.get("recognizer") if isinstance(model.get("recognizer"), Mapping) else {}
+    preset = RecognizerConfig.tiny() if model.get("preset") == "tiny" else RecognizerConfig()
+    size = rec.get("image_size", preset.image_size)
+    return {**data, "data": {**data_sec, "word_augment": {**word, "image_size": size}}}
+
+
+def model_dataclass(model: ModelConfig | RecognizerModelConfig) -> DetectorConfig | RecognizerConfig:
+    match model:
+        case ModelConfig():
+            return model.to_detector()
+        case RecognizerModelConfig():
+            return model.to_recognizer()
+
+
+def model_config_from_dict(data: Mapping[str, Any], source: str = "checkpoint config") -> DetectorConfig | RecognizerConfig:
+    """A model's tcm dataclass from its JSON form (checkpoints, MLflow model metadata): `kind: recognizer`
+    nests a RecognizerConfig; anything else (older checkpoints have no kind) is a detector."""
+    if data.get("kind") != "recognizer":
+        return detector_config_from_dict({k: v for k, v in data.items() if k != "kind"}, source)
+    try:
+        return RecognizerModelConfig.model_validate(data).to_recognizer()
+    except ValidationError as err:
+        problems = [_describe(e, data, source, {}, {}) for e in err.errors()]
+        raise ConfigError("\n  ".join([f"{source}: invalid model config", *problems])) from None
+
+
+def model_config_to_dict(cfg: DetectorConfig | RecognizerConfig) -> dict[str, Any]:
+    match cfg:
+        case DetectorConfig():
+            return detector_config_to_dict(cfg)
+        case RecognizerConfig():
+            return {"kind": "recognizer", "recognizer": _as_plain(cfg)}
+        case _:
+            raise TypeError(f"not a model config: {type(cfg).__name__}")
 
 
 def detector_config_from_dict(data: Mapping[str, Any], source: str = "checkpoint config") -> DetectorConfig:
@@ -350,7 +498,7 @@ def _key_lines(node: yaml.Node | None, prefix: tuple[str, ...] = ()) -> dict[tup
     return out
 
 
-_UNION_TAGS = {"DBHeadConfig", "PANHeadConfig", "FCEHeadConfig", "db", "pan", "fce"}
+_UNION_TAGS = {"DBHeadConfig", "PANHeadConfig", "FCEHeadConfig", "db", "pan", "fce", "detector", "recognizer"}
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> tuple[str, ...]:

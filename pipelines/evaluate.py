@@ -16,15 +16,17 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import typer
 
-from pipelines import registry
+from pipelines import registry, tracking
 from pipelines.config import ConfigError, DatasetRef, ExperimentConfig, MlflowConfig, load_config
 from tcm.types import Detection, Instance
+
+if TYPE_CHECKING:  # torch is imported where used: `tcm --help` loads this module
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,6 @@ def _scales(batch: Mapping[str, Any], B: int) -> list[tuple[float, float]]:
     return [(float(s[0]), float(s[-1])) for s in scale]
 
 
-@torch.inference_mode()
 def decode_batch(
     model: torch.nn.Module,
     codec: Any,
@@ -72,9 +73,12 @@ def decode_batch(
 ) -> list[list[Detection]]:
     """Run the network on (B, 3, H, W) normalised images and decode each image's maps to polygons.
 
-    `sizes` (width, height) of the original images clip the polygons to them: the padded canvas beyond the
+    `sizes` (width, height) of the original images clip the polygons to them: the /32 padding beyond the
     image scales to coordinates past its edge."""
-    outputs = model(images)
+    import torch
+
+    with torch.inference_mode():
+        outputs = model(images)
     B = images.shape[0]
     per_image = []
     for i in range(B):
@@ -93,6 +97,36 @@ def _sizes(batch: Mapping[str, Any], sel: Sequence[int]) -> list[tuple[int, int]
     return [(int(batch["width"][i]), int(batch["height"][i])) for i in sel]
 
 
+def size_groups(images: Sequence[np.ndarray]) -> list[list[int]]:
+    """Indices of `images` grouped by shape, in first-seen order. Eval images are padded only to multiples of
+    32 (pipelines.augment.eval_row), so one forward pass takes only images of one size: a prediction never
+    depends on the padding a larger batch companion would force on it."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(np.shape(image)), []).append(i)
+    return list(groups.values())
+
+
+def predict_eval_batch(
+    model: torch.nn.Module, codec: Any, batch: Mapping[str, Any], sel: Sequence[int], device: torch.device
+) -> list[list[Detection]]:
+    """Detections of the rows `sel` of a numpy batch of eval rows, one forward pass per image size."""
+    import torch
+
+    images = [np.asarray(batch["image"][i], dtype=np.float32) for i in sel]  # each (3, H_i, W_i) normalised
+    scales = _scales({"scale": np.asarray(batch["scale"])[list(sel)]}, len(sel))
+    sizes = _sizes(batch, sel)
+    dets: list[list[Detection]] = [[] for _ in sel]
+    for group in size_groups(images):
+        x = torch.from_numpy(np.stack([images[j] for j in group])).to(device)  # (G, 3, H, W)
+        out = decode_batch(
+            model, codec, x, [scales[j] for j in group], None if sizes is None else [sizes[j] for j in group]
+        )
+        for j, d in zip(group, out, strict=True):
+            dets[j] = d
+    return dets
+
+
 def predict_rows(
     model: torch.nn.Module,
     codec: Any,
@@ -102,6 +136,7 @@ def predict_rows(
     keep: Callable[[str], bool] = lambda _id: True,
 ) -> list[PredRow]:
     """Predict the rows of a Ray Data iterator/dataset selected by `keep(id)` (a validation slice)."""
+
     was_training = model.training
     model.eval()
     rows: list[PredRow] = []
@@ -111,10 +146,7 @@ def predict_rows(
             sel = [i for i, rid in enumerate(ids) if keep(rid)]
             if not sel:
                 continue
-            # (len(sel), 3, canvas, canvas) normalised
-            images = torch.from_numpy(np.stack([np.asarray(batch["image"][i], dtype=np.float32) for i in sel]))
-            scales = _scales({"scale": np.asarray(batch["scale"])[sel]}, len(sel))
-            dets = decode_batch(model, codec, images.to(device), scales, _sizes(batch, sel))
+            dets = predict_eval_batch(model, codec, batch, sel, device)
             for j, i in enumerate(sel):
                 gt = gt_instances({"gt_polygons": batch["gt_polygons"][i], "gt_ignore": batch["gt_ignore"][i]})
                 rows.append(PredRow(ids[i], gt, dets[j]))
@@ -225,6 +257,8 @@ class Predictor:
     """Ray Data actor: loads the model once, predicts and decodes batches of eval rows."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None, use_gpu: bool):
+        import torch
+
         from tcm.build import build_codec
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -233,10 +267,9 @@ class Predictor:
         self.codec = build_codec(loaded.detector.head)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+
         ids = [str(i) for i in batch["id"]]
-        B = len(ids)
-        images = torch.from_numpy(np.stack([np.asarray(x, dtype=np.float32) for x in batch["image"]]))  # (B, 3, H, W)
-        dets = decode_batch(self.model, self.codec, images.to(self.device), _scales(batch, B), _sizes(batch, range(B)))
+        dets = predict_eval_batch(self.model, self.codec, batch, range(len(ids)), self.device)
         return {
             "id": np.asarray(ids, dtype=object),
             "gt_polygons": np.asarray(batch["gt_polygons"], dtype=object),
@@ -295,6 +328,7 @@ def run_evaluation(
     """Evaluate `model_uri` (models:/…, runs:/… or a checkpoint folder) on ingested datasets `refs`.
 
     Test scale, protocol and actor pool come from `cfg`, else from the config the model was trained with."""
+    from pipelines.tasks import task_for
     from pipelines.train import eval_datasets, init_ray
 
     init_ray()
@@ -305,14 +339,15 @@ def run_evaluation(
     cfg = config_for_model(loaded, cfg)
     if overrides:
         cfg = cfg.with_overrides(overrides, "--set")
-    rows = predict_dataset(eval_datasets(cfg, refs, loaded.detector), model_uri, tracking_uri, cfg)
+    task = task_for(loaded.detector)  # detection: predict_dataset + score_pairs below; recognition: words
+    rows = task.predict_dataset(eval_datasets(cfg, refs, loaded.detector), model_uri, tracking_uri, cfg)
     with tempfile.TemporaryDirectory(prefix="tcm-eval-") as tmp:
         folder = out_dir or Path(tmp)
-        metrics = score_pairs(rows, cfg.eval.protocol, folder, num_overlays=num_overlays, images=overlay_source(refs))
+        metrics = task.score(rows, cfg, folder, num_samples=num_overlays, images=overlay_source(refs))
         run_id = None
         if log_to_mlflow:
             run_id = _log_evaluation(tracking_uri, cfg, model_uri, refs, metrics, folder, run_name, parent_run_id)
-    return EvalOutcome(metrics, rows, str(out_dir) if out_dir else None, run_id)
+    return EvalOutcome({f"test/{k}": v for k, v in metrics.items()}, rows, str(out_dir) if out_dir else None, run_id)
 
 
 def _log_evaluation(
@@ -339,6 +374,7 @@ def _log_evaluation(
         parent_run_id=parent_run_id,
         tags={registry.MODEL_URI_TAG: model_uri, "tcm.kind": "evaluation"},
     )
+    tracking.log_datasets(tracking_uri, run_id, refs)
     logger = registry.RunLogger(tracking_uri, run_id)
     logger.params({"model_uri": model_uri, "data": data, "protocol": cfg.eval.protocol})
     logger.metrics({f"test/{k}": v for k, v in metrics.items()}, step=0)

@@ -44,6 +44,21 @@ ROW_SCHEMA = pa.schema(
     ]
 )
 
+# Word datasets (LMDB, ICDAR 2015 task 4.3 crops, synthetic words, crops of the rows above): one row per word.
+WORD_ROW_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("image", pa.binary()),  # the word image's encoded bytes (PNG for crops we cut ourselves)
+        ("sha256", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("label", pa.string()),
+    ]
+)
+ROW_KINDS = {"detection": ROW_SCHEMA, "words": WORD_ROW_SCHEMA}
+
 
 class IngestError(RuntimeError):
     """The ingest cannot run at all (missing source, unwritable destination, unknown format)."""
@@ -123,13 +138,24 @@ def read_rows(source: Source, pairs: list[Pair], fmt_name: str, dataset: str, sp
 
 def row_digest(row: dict) -> str:
     """Content hash of one row: independent of where the data came from and of the Parquet encoding."""
-    content = {k: row[k] for k in ("id", "sha256", "width", "height", "polygons", "ignore", "texts")}
+    keys = ("polygons", "ignore", "texts") if "polygons" in row else ("label",)  # detection or word row
+    content = {k: row[k] for k in ("id", "sha256", "width", "height", *keys)}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def write_shard(dst: Location, relpath: str, rows: list[dict], schema: pa.Schema = ROW_SCHEMA) -> dict:
+    """Write rows as one Parquet file at DST/relpath (atomically; nothing when there are no rows). Returns the
+    shard part of a summary: relpath (None when empty), rows, digests (one per row, for the manifest hash)."""
+    if rows:
+        table = pa.Table.from_pylist(rows, schema=schema)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd", write_statistics=False)
+        storage.write_bytes(dst.join(relpath), buf.getvalue())
+    return {"relpath": relpath if rows else None, "rows": len(rows), "digests": [row_digest(r) for r in rows]}
 
 
 def process_shard(task: dict) -> dict:
     """Ray Data UDF: build the rows of one shard and write its Parquet file (atomically). Returns a summary."""
-    dst: Location = task["dst"]
     rows, quarantined, clipped = [], [], 0
     for row, bad, n in read_rows(task["src"], task["pairs"], task["format"], task["dataset"], task["split"]):
         clipped += n
@@ -137,23 +163,17 @@ def process_shard(task: dict) -> dict:
             quarantined.append(bad)
         else:
             rows.append(row)
-    digests = [row_digest(r) for r in rows]
-    if rows:
-        table = pa.Table.from_pylist(rows, schema=ROW_SCHEMA)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", write_statistics=False)
-        storage.write_bytes(dst.join(task["relpath"]), buf.getvalue())
-    return {
-        "index": task["index"],
-        "relpath": task["relpath"] if rows else None,
-        "rows": len(rows),
-        "digests": digests,
-        "quarantined": quarantined,
-        "clipped": clipped,
-    }
+    shard = write_shard(task["dst"], task["relpath"], rows)
+    return {"index": task["index"], **shard, "quarantined": quarantined, "clipped": clipped}
 
 
-def _run_shards(tasks: list[dict], progress) -> list[dict]:
+def _run_task(item: dict, process) -> dict:
+    return {"summary": process(pickle.loads(item["task"]))}
+
+
+def run_shards(tasks: list[dict], progress, process=process_shard) -> list[dict]:
+    """Run `process(task)` for every shard task on Ray Data (one task per shard); summaries in shard order.
+    A worker error becomes one IngestError line; nothing is committed then."""
     import ray
 
     if not ray.is_initialized():
@@ -162,7 +182,7 @@ def _run_shards(tasks: list[dict], progress) -> list[dict]:
     items = [{"task": pickle.dumps(t)} for t in tasks]
     ds = ray.data.from_items(items, override_num_blocks=max(1, len(tasks)))
     try:
-        out = ds.map(lambda item: {"summary": process_shard(pickle.loads(item["task"]))}).take_all()
+        out = ds.map(_run_task, fn_kwargs={"process": process}).take_all()
     except Exception as err:  # Ray wraps worker errors; surface the cause as one line
         cause = err
         while cause.__cause__ is not None:
@@ -233,7 +253,7 @@ def ingest(
         }
         for i, start in enumerate(range(0, len(plan.pairs), rows_per_shard))
     ]
-    summaries = _run_shards(tasks, progress) if tasks else []
+    summaries = run_shards(tasks, progress) if tasks else []
     quarantined = plan.quarantined + [q for s in summaries for q in s["quarantined"]]
     details = {
         "format": fmt_name,
@@ -243,34 +263,63 @@ def ingest(
         "files": [s["relpath"] for s in summaries if s["relpath"]],
         "quarantined": quarantined,
         "clipped_points": sum(s["clipped"] for s in summaries),
-        "sha256": hashlib.sha256("".join(d for s in summaries for d in s["digests"]).encode()).hexdigest(),
+        "sha256": content_hash(summaries),
     }
-    manifest = _commit(dst, split, details)
+    manifest = commit(dst, split, details)
     progress(
         f"ingest {fmt_name} {split}: {details['rows']} rows, {len(quarantined)} quarantined, "
-        f"{details['clipped_points']} points clipped, sha256 {details['sha256'][:12]} "
-        f"({time.monotonic() - started:.1f} s) -> {dst.uri}"
+        f"{details['clipped_points']} points clipped ({time.monotonic() - started:.1f} s) -> {dst.uri}\n"
+        f"manifest sha256 {manifest['sha256']}"
     )
     return manifest
 
 
-def _commit(dst: Location, split: str, details: dict) -> dict:
-    """Merge this split into the manifest and write it last; drop shards of this split it no longer lists."""
+def content_hash(summaries: list[dict]) -> str:
+    """The hash of one split: its rows' digests in shard order."""
+    return hashlib.sha256("".join(d for s in summaries for d in s["digests"]).encode()).hexdigest()
+
+
+def _merge_counts(dicts) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for reason, n in d.items():
+            out[reason] = out.get(reason, 0) + n
+    return dict(sorted(out.items()))
+
+
+def commit(dst: Location, split: str, details: dict, row_kind: str = "detection") -> dict:
+    """Merge this split into the manifest and write it last; drop shards of this split it no longer lists.
+
+    `row_kind`: "detection" (unified image rows) or "words" (word rows); one destination holds one kind.
+    Word splits carry `filtered` (labels dropped by preprocessing) and `skipped` (degenerate crop polygons)
+    as {reason: count}; the manifest sums them over splits."""
     manifest_loc = dst.join("manifest.json")
     old = json.loads(storage.read_bytes(manifest_loc)) if storage.exists(manifest_loc) else {}
+    if old and old.get("row_kind", "detection") != row_kind:  # manifests before row_kind held detection rows
+        raise IngestError(
+            f"{dst.uri}: holds {old.get('row_kind', 'detection')} rows; cannot add {row_kind} rows to it "
+            "(use another --dst)"
+        )
     splits = dict(old.get("split_details", {}))
     previous = splits.get(split, {}).get("files", [])
     splits[split] = details
     manifest = {
         "schema_version": SCHEMA_VERSION,
+        "row_kind": row_kind,
         "rows": sum(d["rows"] for d in splits.values()),
         "splits": {s: d["rows"] for s, d in sorted(splits.items())},
         "files": {s: d["files"] for s, d in sorted(splits.items())},
         "quarantined": [q | {"split": s} for s, d in sorted(splits.items()) for q in d["quarantined"]],
-        "clipped_points": sum(d["clipped_points"] for d in splits.values()),
-        "sha256": hashlib.sha256("".join(f"{s}:{d['sha256']}" for s, d in sorted(splits.items())).encode()).hexdigest(),
-        "split_details": dict(sorted(splits.items())),
     }
+    if row_kind == "detection":
+        manifest["clipped_points"] = sum(d["clipped_points"] for d in splits.values())
+    else:
+        for key in ("filtered", "skipped"):
+            manifest[key] = _merge_counts(d.get(key, {}) for d in splits.values())
+    manifest["sha256"] = hashlib.sha256(
+        "".join(f"{s}:{d['sha256']}" for s, d in sorted(splits.items())).encode()
+    ).hexdigest()
+    manifest["split_details"] = dict(sorted(splits.items()))
     storage.write_bytes(manifest_loc, json.dumps(manifest, indent=2).encode())
     for rel in set(previous) - set(details["files"]):
         storage.delete_file(dst.join(rel))

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import typer
 
 from pipelines import registry
@@ -61,9 +60,14 @@ def predict_images(
     *,
     long_side: int,
     short_side: int,
+    max_side: int | None = None,
     min_score: float = 0.0,
 ) -> list[ImagePrediction]:
-    """Detect text in each image file; polygons in the image's own pixels."""
+    """Detect text in each image file, one at a time (padded to /32 only, as `tcm evaluate` does, so both give
+    the same polygons for the same image); polygons in the image's own pixels. `max_side` caps the longer
+    resized side (`data.val_canvas`)."""
+    import torch
+
     from pipelines.evaluate import decode_batch
     from tcm.build import build_codec
     from tcm.data.transforms import decode_image, normalize, resize_for_test
@@ -74,7 +78,7 @@ def predict_images(
     for path in images:
         image = decode_image(Path(path).read_bytes())  # (H, W, 3) uint8 BGR
         H, W = image.shape[:2]
-        resized, scale = resize_for_test(image, long_side, short_side)
+        resized, scale = resize_for_test(image, long_side, short_side, max_side=max_side)
         x = torch.from_numpy(normalize(resized, det.pixel_mean, det.pixel_std))[None]  # (1, 3, H', W')
         dets = decode_batch(loaded.model, codec, x, [scale], [(W, H)])[0]
         out.append(ImagePrediction(str(path), W, H, [d for d in dets if d.score >= min_score]))
@@ -160,6 +164,7 @@ def predict_command(
         images,
         long_side=long_side or data.val_long_side,
         short_side=short_side or data.val_short_side,
+        max_side=data.val_canvas,
         min_score=min_score,
     )
     paths = write_outputs(preds, out, overlays=not no_overlays)

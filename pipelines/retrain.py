@@ -114,7 +114,7 @@ def _hmean(model_uri: str, rc: RetrainConfig, exp: ExperimentConfig, tracking_ur
     from pipelines.evaluate import run_evaluation
 
     outcome = run_evaluation(model_uri, [rc.benchmark], exp, tracking_uri=tracking_uri, log_to_mlflow=False)
-    return float(outcome.metrics["hmean"])
+    return float(outcome.metrics["test/hmean"])
 
 
 def retrain(rc: RetrainConfig, progress=print) -> RetrainOutcome:

@@ -21,18 +21,19 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import typer
 
-from pipelines import registry, resources, storage
+from pipelines import registry, resources, storage, tracking
 from pipelines.config import ConfigError, ExperimentConfig, load_config
+
+if TYPE_CHECKING:  # torch is imported where used: `tcm --help` loads this module
+    import torch
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 ENV_TO_WORKERS = (  # endpoints the workers need (Ray starts them with the cluster's env): in the runtime env
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
@@ -92,12 +93,10 @@ def data_hashes(cfg: ExperimentConfig) -> dict[str, str]:
     tags: dict[str, str] = {}
     for role, refs in (("train", cfg.data.train), ("val", cfg.data.val)):
         for i, ref in enumerate(refs):
-            loc = storage.resolve(ref.uri).join(MANIFEST)
             try:
-                manifest = json.loads(storage.read_bytes(loc))
+                tags[f"data.{role}.{i}.sha256"] = tracking.manifest_sha256(ref.uri)
             except (storage.StorageError, ValueError) as err:
                 raise ConfigError(f"data.{role}[{i}].uri: no readable ingest manifest ({err})") from None
-            tags[f"data.{role}.{i}.sha256"] = str(manifest.get("sha256", "unknown"))
             tags[f"data.{role}.{i}.uri"] = storage.redact_uri(ref.uri)
     if len(cfg.data.train) == 1:
         tags["data.sha256"] = tags["data.train.0.sha256"]
@@ -169,25 +168,10 @@ def build_datasets(cfg: ExperimentConfig, first_epoch: int = 1) -> dict[str, Any
     """Ray Datasets for the run: `train` (augmented + codec targets, sources mixed by weight) and `val`.
 
     `first_epoch`: the epoch the run (re)starts at, so a resumed run continues the augmentation stream."""
-    from pipelines import augment
+    from pipelines.tasks import task_for
 
     d = cfg.data
-    det = cfg.detector()
-    datasets = {
-        "train": augment.train_dataset(
-            [(ref.uri, ref.weight) for ref in d.train],
-            train_split(cfg),
-            det,
-            d.augment,
-            d.seed,
-            d.fraction,
-            epoch=first_epoch - 1,
-            batch_size=d.map_batch_size,
-            num_workers=d.num_workers,
-            cpus_per_task=d.cpus_per_task,
-            object_store_budget_gib=d.object_store_budget_gib,
-        )
-    }
+    datasets = {"train": task_for(cfg.tcm_config()).train_dataset(cfg, first_epoch - 1)}
     if d.val:
         datasets["val"] = eval_datasets(cfg, d.val)
     return datasets
@@ -201,31 +185,31 @@ def ingest_config(cfg: ExperimentConfig) -> Any:
     from pipelines.augment import with_budget
 
     options = with_budget(ray.train.DataConfig.default_ingest_options(), cfg.data.object_store_budget_gib)
+    options.preserve_order = cfg.data.deterministic  # the split follows block order too (ignores locality)
     return ray.train.DataConfig(datasets_to_split=["train"], execution_options={"train": options})
 
 
 def eval_datasets(cfg: ExperimentConfig, refs: Sequence[Any], detector: Any = None) -> Any:
     """The eval rows of every ref (ingested folder + split), concatenated; normalised as `detector` expects
-    (default: cfg's model)."""
-    from pipelines import augment
+    (default: cfg's model; a recogniser's config for word rows)."""
+    from pipelines.tasks import task_for
 
-    d = cfg.data
-    det = detector or cfg.detector()
-    parts = [
-        augment.eval_dataset(
-            ref.uri,
-            ref.split,
-            det,
-            long_side=d.val_long_side,
-            short_side=d.val_short_side,
-            canvas=d.val_canvas,
-            batch_size=d.map_batch_size,
-            num_workers=d.num_workers,
-            cpus_per_task=d.cpus_per_task,
-        )
-        for ref in refs
-    ]
+    model_cfg = detector or cfg.tcm_config()
+    task = task_for(model_cfg)
+    parts = [task.eval_dataset(cfg, ref, model_cfg) for ref in refs]
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def steps_per_epoch(cfg: ExperimentConfig) -> int:
+    """Training steps of one epoch on each worker: train.steps_per_epoch, else the manifests' rows of the train
+    split (x fraction) over the global batch."""
+    if cfg.train.steps_per_epoch:
+        return cfg.train.steps_per_epoch
+    split, rows = train_split(cfg), 0
+    for ref in cfg.data.train:
+        manifest = json.loads(storage.read_bytes(storage.resolve(ref.uri).join("manifest.json")))
+        rows += int(manifest.get("splits", {}).get(split, 0))
+    return max(1, math.ceil(rows * cfg.data.fraction / (cfg.data.batch_size * cfg.train.num_workers)))
 
 
 def latest_epoch(storage_uri: str, name: str) -> int:
@@ -294,6 +278,7 @@ def build_trainer(
             **(run_tags or {}),
         },
     )
+    tracking.log_datasets(tracking_uri, run_id, [*cfg.data.train, *cfg.data.val])
     storage_path, filesystem = resolve_storage(cfg.train.storage_path)
     loop_config = {
         "cfg": cfg.model_dump(mode="json"),
@@ -301,6 +286,7 @@ def build_trainer(
         "mlflow_run_id": run_id,
         "data_tags": tags,
         "secrets": WorkerSecrets.from_env(),
+        "steps_per_epoch": steps_per_epoch(cfg),  # a per-step schedule's length (optim.schedule: onecycle)
     }
     resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})}
     trainer = TorchTrainer(
@@ -340,9 +326,12 @@ def run_training(cfg: ExperimentConfig, *, register: bool = True) -> TrainOutcom
     model_uri = registry.run_model_uri(tracking_uri, run_id)
     version = None
     if register and model_uri and cfg.mlflow.registered_model:
+        from pipelines.tasks import task_for
+
+        primary = task_for(cfg.tcm_config()).primary_metric  # hmean; a recogniser's word accuracy
         version, _ = registry.register_promoted(
             tracking_uri, model_uri, cfg.mlflow.registered_model, cfg.mlflow.alias, {"run_id": run_id},
-            run_id=run_id, floor=cfg.mlflow.promote_min_hmean,
+            run_id=run_id, floor=cfg.mlflow.promote_min_hmean, metric=f"val/{primary}", what=f"validation {primary}",
         )  # fmt: skip
     registry.finish_run(tracking_uri, run_id, "FINISHED")
     checkpoint = None
@@ -386,14 +375,16 @@ class _Worker:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     amp_dtype: torch.dtype | None  # None: full precision (CPU, or amp off)
-    codec: Any
+    codec: Any  # the task's decoder: the head's codec, the recogniser's tokenizer
     logger: registry.RunLogger | None  # rank 0 only
     state: _State
+    task: Any = None  # pipelines.tasks.Task: encode, loss, decode and score of this model's task
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker. `config` = build_trainer's loop config (JSON-able values + WorkerSecrets)."""
     import ray.train
+    import torch
 
     if config.get("secrets") is not None:
         config["secrets"].apply()  # before anything reads storage or MLflow
@@ -404,10 +395,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if w.rank == 0:
         log.info("[tcm] %s: epochs %d..%d on %d worker(s), device %s", cfg.name, state.epoch + 1, E, w.world, w.device)
     for epoch in range(state.epoch + 1, E + 1):
+        # dropout draws from (seed, epoch, rank), not from where the process's generator happens to be: a resumed
+        # run draws in epoch k what an uninterrupted one draws there
+        torch.manual_seed(epoch_seed(cfg.train.seed, epoch, w.rank))
         lrs = set_poly_lr(w.optimizer, cfg, epoch - 1)
         stats = _train_epoch(w, train_shard)
         state.epoch, state.global_step = epoch, state.global_step + int(stats.pop("steps"))
-        metrics = {f"train/{k}": v for k, v in stats.items()} | {f"lr/{name}": lr for name, lr in lrs.items()}
+        metrics = {f"train/{k}": v for k, v in stats.items()} | {f"train/lr/{name}": lr for name, lr in lrs.items()}
         if val_shard is not None and (epoch % cfg.train.val_every == 0 or epoch == E):
             state.val = _validate(w, val_shard, epoch)
             metrics.update({f"val/{k}": v for k, v in state.val.items()})
@@ -426,9 +420,11 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
     """Build the detector, restore the latest checkpoint (or warm-start), optimiser, AMP, DDP, rank-0 logger."""
     import ray.train
     import ray.train.torch
+    import torch
 
-    from pipelines.checkpoint import load_model_state, read_checkpoint
-    from tcm.build import build_codec, build_detector
+    from pipelines.checkpoint import load_model_state, read_checkpoint, restore_train_state
+    from pipelines.tasks import task_for
+    from tcm.build import convert_sync_batchnorm
 
     cfg = ExperimentConfig.model_validate(config["cfg"])
     ctx = ray.train.get_context()
@@ -440,9 +436,10 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank
     np.random.seed(cfg.train.seed + rank)
 
-    det_cfg = cfg.detector()
+    det_cfg = cfg.tcm_config()  # the model's tcm config, detector or recogniser
+    task = task_for(det_cfg)
     restored = ray.train.get_checkpoint()  # Train V2: the latest checkpoint of this run name + storage
-    model = build_detector(det_cfg, pretrained=restored is None and cfg.train.init_from is None)
+    model = task.build_model(det_cfg, pretrained=restored is None and cfg.train.init_from is None)
     state, ckpt = _State(), None
     if restored is not None:
         with restored.as_directory() as folder:
@@ -450,39 +447,45 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
         load_model_state(model, ckpt, det_cfg)  # a checkpoint of another model config: named, not a shape error
         state = _State(ckpt.epoch, int(ckpt.meta.get("global_step", 0)), dict(ckpt.meta.get("val", {})))
     elif cfg.train.init_from:
-        load_model_state(model, _load_init(cfg.train.init_from, config.get("tracking_uri")), det_cfg)
+        init = fit_prompt_count(_load_init(cfg.train.init_from, config.get("tracking_uri")), model, det_cfg)
+        load_model_state(model, init, det_cfg)
 
+    if cfg.train.uses_sync_batchnorm():
+        model = convert_sync_batchnorm(model)  # released: SyncBN under DDP; same parameters, same state-dict keys
     model.to(device)
     optimizer = make_optimizer(model, cfg)  # before DDP: param_groups freezes parts (requires_grad=False)
     use_amp = cfg.train.amp and device.type == "cuda"
     amp_dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if use_amp else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
-    if ckpt is not None and ckpt.train_state:
-        optimizer.load_state_dict(ckpt.train_state["optimizer"])
-        if "scaler" in ckpt.train_state:
-            scaler.load_state_dict(ckpt.train_state["scaler"])
-    ddp = model
+    if ckpt is not None:
+        restore_train_state(ckpt, optimizer, scaler)
+    ddp = task.train_module(model)
     if world > 1:
         # find_unused_parameters: optional TCM parts can leave parameters without gradients (TCM configs set it)
-        ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+        ddp = ray.train.torch.prepare_model(ddp, parallel_strategy_kwargs={"find_unused_parameters": True})
 
     logger = None
     if rank == 0:
         logger = registry.RunLogger(config["tracking_uri"], config["mlflow_run_id"])
         logger.params(cfg.flat_params())
-        logger.tags({**config["data_tags"], "tcm.world_size": world, "tcm.device": device.type})
+        logger.tags({**config["data_tags"], "tcm.world_size": world, "tcm.device": device.type, "tcm.task": task.kind})
         if ckpt is not None:
             logger.tags({"tcm.resumed_from_epoch": ckpt.epoch})
             print(f"resumed from checkpoint at epoch {ckpt.epoch}", flush=True)  # in the job logs (tests look for it)
-    codec = build_codec(det_cfg.head)
-    return _Worker(cfg, config, rank, world, device, model, ddp, optimizer, scaler, amp_dtype, codec, logger, state)
+    codec = task.decoder(det_cfg)
+    return _Worker(cfg, config, rank, world, device, model, ddp, optimizer, scaler, amp_dtype, codec, logger, state, task)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """torch's seed for one worker's epoch: a function of (seed, epoch, rank) only."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 def _log_final_model(w: _Worker) -> None:
     loop, state = w.loop, w.state
     meta = {"epoch": state.epoch, "global_step": state.global_step, "mlflow_run_id": loop["mlflow_run_id"]}
     registry.log_model(
-        loop["tracking_uri"], loop["mlflow_run_id"], w.model, w.cfg.detector(), meta=meta, experiment=loop["cfg"]
+        loop["tracking_uri"], loop["mlflow_run_id"], w.model, w.cfg.tcm_config(), meta=meta, experiment=loop["cfg"]
     )
 
 
@@ -500,21 +503,49 @@ def _load_init(uri: str, tracking_uri: str | None):
     return load_checkpoint(uri)
 
 
+PROMPT_CONTEXTS = "text_encoder.contexts"  # (1, K, D): the K learnable context tokens
+PROMPT_POSITIONS = "text_encoder.clip.positional_embedding"  # (1 + K + prompt tokens, D): one row per position
+
+
+def fit_prompt_count(ckpt: Any, model: torch.nn.Module, det_cfg: Any) -> Any:
+    """A warm start from a checkpoint with another prompt count K (a sweep over `model.tcm.num_prompts`).
+
+    The K learned contexts do not map onto K' others: they are re-initialised (the fresh model's init). The
+    positional table is indexed by position (SOT, contexts, prompt), truncated to the prompt length at build:
+    the checkpoint's rows where it has them, the fresh model's beyond. Every other weight is the checkpoint's;
+    the checkpoint's config then names K' so the load checks everything else as usual."""
+    old_k, new_k = ckpt.detector.tcm.num_prompts, det_cfg.tcm.num_prompts
+    if old_k == new_k or PROMPT_CONTEXTS not in ckpt.model_state:
+        return ckpt
+    fresh = model.state_dict()
+    state = dict(ckpt.model_state)
+    state[PROMPT_CONTEXTS] = fresh[PROMPT_CONTEXTS].clone()  # (1, K', D)
+    positions = fresh[PROMPT_POSITIONS].clone()  # (L', D)
+    n = min(positions.shape[0], state[PROMPT_POSITIONS].shape[0])
+    positions[:n] = state[PROMPT_POSITIONS][:n]
+    state[PROMPT_POSITIONS] = positions
+    log.info("[tcm] init_from %s: %d prompt contexts re-initialised as %d", ckpt.path, old_k, new_k)
+    tcm_cfg = dataclasses.replace(ckpt.detector.tcm, num_prompts=new_k)
+    return dataclasses.replace(ckpt, model_state=state, detector=dataclasses.replace(ckpt.detector, tcm=tcm_cfg))
+
+
 def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
-    """The configured optimiser over TCM's parameter groups (LR factors, no decay on norms and biases)."""
-    from tcm.optim import param_groups
+    """The configured optimiser over the task's parameter groups (LR factors, no decay on norms and biases)."""
+    import torch
+
+    from pipelines.tasks import task_for
 
     o = cfg.optim
-    groups = param_groups(model, o.lr, o.weight_decay, o.image_encoder_lr_factor, o.text_encoder_lr_factor)
+    groups = task_for(cfg.tcm_config()).param_groups(model, cfg)
     groups = [g for g in groups if g["params"]]
     for i, g in enumerate(groups):
         g.setdefault("name", f"group{i}")
         g["lr_factor"] = g.get("lr", o.lr) / o.lr  # the poly schedule scales each group's share of the base lr
     match o.kind:
         case "adam":
-            return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+            return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps)
         case "adamw":
-            return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+            return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps)
         case "sgd":
             return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
@@ -526,10 +557,31 @@ def poly_lr(cfg: ExperimentConfig, epoch_index: int) -> float:
     return (o.lr - o.min_lr) * coeff + o.min_lr
 
 
+def onecycle_lr(cfg: ExperimentConfig, progress: float) -> float:
+    """torch's OneCycleLR (cosine both ways, div_factor 25, final_div_factor 1e4) at `progress` (0..1) of the
+    run: warm-up over optim.warmup_fraction from lr/25 to lr, then down to lr/25/1e4 (CLIP4STR, per step)."""
+    o, p = cfg.optim, min(max(progress, 0.0), 1.0)
+    start, end = o.lr / 25, o.lr / 25 / 1e4
+
+    def cos(a: float, b: float, t: float) -> float:
+        return b + (a - b) / 2 * (1 + math.cos(math.pi * t))
+
+    if p < o.warmup_fraction:
+        return cos(start, o.lr, p / o.warmup_fraction)
+    return cos(o.lr, end, (p - o.warmup_fraction) / max(1 - o.warmup_fraction, 1e-9))
+
+
+def set_step_lr(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, progress: float) -> None:
+    """optim.schedule onecycle: every group's lr at this step (its factor of the base)."""
+    base = onecycle_lr(cfg, progress)
+    for g in optimizer.param_groups:
+        g["lr"] = base * g["lr_factor"]
+
+
 def set_poly_lr(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, epoch_index: int) -> dict[str, float]:
     """Set every group's lr for this epoch. A group with factor 0 stays at exactly 0 (frozen), unlike mmcv's
-    poly which would lift it to min_lr."""
-    base = poly_lr(cfg, epoch_index)
+    poly which would lift it to min_lr. (optim.schedule onecycle: its value at the epoch's start.)"""
+    base = poly_lr(cfg, epoch_index) if cfg.optim.schedule == "poly" else onecycle_lr(cfg, epoch_index / cfg.train.epochs)
     out = {}
     for g in optimizer.param_groups:
         g["lr"] = base * g["lr_factor"]
@@ -539,11 +591,15 @@ def set_poly_lr(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, epoch_i
 
 def _tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """collate_fn: the numeric columns (image + codec targets) as tensors; ids and the like stay behind."""
+    import torch
+
     return {k: torch.as_tensor(v) for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"}
 
 
 def _train_epoch(w: _Worker, shard: Any) -> dict[str, float]:
     """One pass over this worker's shard; losses averaged over all workers' images, throughput of all workers."""
+    import torch
+
     cfg = w.cfg
     w.ddp.train()
     sums: dict[str, float] = {}
@@ -552,14 +608,13 @@ def _train_epoch(w: _Worker, shard: Any) -> dict[str, float]:
     batches = shard.iter_torch_batches(
         batch_size=cfg.data.batch_size, collate_fn=_tensors, device=w.device, drop_last=False, prefetch_batches=2
     )
-    for batch in _limit(batches, cfg.train.steps_per_epoch):
-        x = batch.pop("image")  # (B, 3, S, S) normalised
-        B = x.shape[0]
+    per_epoch = max(int(w.loop.get("steps_per_epoch") or 1), 1)
+    for step, batch in enumerate(_limit(batches, cfg.train.steps_per_epoch)):
+        if cfg.optim.schedule == "onecycle":
+            set_step_lr(w.optimizer, cfg, (w.state.epoch + min(step / per_epoch, 1.0)) / cfg.train.epochs)
+        B = batch["image"].shape[0]  # (B, 3, H, W) normalised
         amp = torch.autocast(w.device.type, dtype=w.amp_dtype) if w.amp_dtype else contextlib.nullcontext()
-        with amp:
-            outputs = w.ddp(x)
-        # losses in float32: BCE/Dice on half-precision maps underflow (and BCE refuses autocast)
-        losses = w.model.loss({k: v.float() for k, v in outputs.items()}, batch)
+        losses = w.task.losses(w.ddp, w.model, batch, amp)  # the forward through DDP, losses in float32
         w.optimizer.zero_grad(set_to_none=True)
         w.scaler.scale(losses["loss"]).backward()
         if cfg.optim.grad_clip:
@@ -590,6 +645,8 @@ def _limit(it: Iterator[Any], n: int | None) -> Iterator[Any]:
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    import torch
+
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return [float(v) for v in values]
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -598,16 +655,22 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def _barrier(world: int) -> None:
+    import torch
+
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
 
 
 def _validate(w: _Worker, shard: Any, epoch: int) -> dict[str, float]:
     """Every worker predicts its slice of val (by id hash); rank 0 gathers, scores, plots and logs."""
-    from pipelines.evaluate import overlay_source, predict_rows, score_pairs
+    import torch
+
+    from pipelines.evaluate import overlay_source
 
     cfg = w.cfg
-    mine = predict_rows(w.model, w.codec, shard, cfg, w.device, keep=lambda row_id: _owner(row_id, w.world) == w.rank)
+    _broadcast_buffers(w.model, w.world)
+    keep = lambda row_id: _owner(row_id, w.world) == w.rank  # noqa: E731
+    mine = w.task.predict_rows(w.model, w.codec, shard, cfg, w.device, keep)
     gathered: list[Any] = [mine]
     if w.world > 1:
         gathered = [None] * w.world
@@ -616,12 +679,21 @@ def _validate(w: _Worker, shard: Any, epoch: int) -> dict[str, float]:
         return {}
     rows = [r for part in gathered for r in part]
     with tempfile.TemporaryDirectory(prefix="tcm-val-") as tmp:
-        metrics = score_pairs(
-            rows, cfg.eval.protocol, Path(tmp), num_overlays=cfg.train.num_overlays, images=overlay_source(cfg.data.val)
-        )
+        metrics = w.task.score(rows, cfg, Path(tmp), num_samples=cfg.train.num_overlays, images=overlay_source(cfg.data.val))
         if w.logger is not None:
             w.logger.artifacts(tmp, f"validation/epoch={epoch:04d}")
     return metrics
+
+
+def _broadcast_buffers(model: torch.nn.Module, world: int) -> None:
+    """Rank 0's buffers to every rank, so each validates the model rank 0 checkpoints: after training steps the
+    BatchNorm running statistics are each rank's own (DDP sends rank 0's only before a training forward), and
+    validation scored a different model per slice (tiny TCM-DB, 24 images: hmean 0.8108 gathered vs 0.8133)."""
+    import torch
+
+    if world > 1 and torch.distributed.is_initialized():
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 def _owner(row_id: str, world: int) -> int:
@@ -637,13 +709,14 @@ def _report(w: _Worker, metrics: Mapping[str, float], checkpoint: bool) -> None:
     from pipelines.checkpoint import save_checkpoint
 
     state = w.state
-    report = {
+    report = {  # the MLflow names (pipelines.tracking): Tune ranks trials by val/hmean
         "epoch": state.epoch,
-        "loss": metrics.get("train/loss", math.nan),
-        "images_per_s": metrics.get("train/images_per_s", 0.0),
-        "val_hmean": state.val.get("hmean", 0.0),  # the latest validation (0 before the first)
-        "val_precision": state.val.get("precision", 0.0),
-        "val_recall": state.val.get("recall", 0.0),
+        "train/loss": metrics.get("train/loss", math.nan),
+        "train/images_per_s": metrics.get("train/images_per_s", 0.0),
+        # the latest validation (0 before the first): detection val/hmean, val/precision, val/recall; recognition
+        # val/accuracy, val/one_minus_ned; val/score = the task's primary metric (what Tune ranks trials by)
+        **{f"val/{k}": state.val.get(k, 0.0) for k in w.task.report_metrics},
+        "val/score": state.val.get(w.task.primary_metric, 0.0),
     }
     if not checkpoint:
         ray.train.report(report)
@@ -661,13 +734,15 @@ def _report(w: _Worker, metrics: Mapping[str, float], checkpoint: bool) -> None:
     }
     with tempfile.TemporaryDirectory(prefix="tcm-ckpt-") as tmp:
         save_checkpoint(
-            tmp, w.model, w.cfg.detector(), meta=meta, experiment=w.loop["cfg"], optimizer=w.optimizer, scaler=w.scaler
+            tmp, w.model, w.cfg.tcm_config(), meta=meta, experiment=w.loop["cfg"], optimizer=w.optimizer, scaler=w.scaler
         )
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
 
 
 def _print_epoch(name: str, epoch: int, E: int, metrics: Mapping[str, float]) -> None:
     parts = [f"loss {metrics.get('train/loss', math.nan):.4f}", f"{metrics.get('train/images_per_s', 0):.1f} img/s"]
+    if "val/accuracy" in metrics:
+        parts.append(f"val accuracy {metrics['val/accuracy']:.4f} (1-NED {metrics['val/one_minus_ned']:.4f})")
     if "val/hmean" in metrics:
         parts.append(
             f"val hmean {metrics['val/hmean']:.4f} (P {metrics['val/precision']:.4f} R {metrics['val/recall']:.4f})"
@@ -685,16 +760,30 @@ def train_command(
     ),
     name: str = typer.Option(None, "--name", help="Run name (overrides `name`); the same name + storage resumes."),
     no_register: bool = typer.Option(False, "--no-register", help="Log the model to MLflow but do not register it."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show Ray's own logs on the console (default: logs/train-<name>.log; always in a Ray job)."
+    ),
 ) -> None:
-    """Train a TCM detector on Ray Train; started again with the same name + storage, it resumes."""
+    """Train a TCM detector or a CLIP4STR recogniser (model.kind) on Ray Train; started again with the same
+    name + storage, it resumes."""
+    from pipelines.console import quiet_console
+
     overrides = list(set_) + ([f"name={name}"] if name else [])
     try:
         cfg = load_config(config, overrides)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    # inside a submitted Ray job the job's log is the record (`ray job logs`): nothing is redirected there
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    log_file = None if verbose or in_job else Path("logs") / f"train-{cfg.name}.log"
     try:
-        outcome = run_training(cfg, register=not no_register)
+        with quiet_console(log_file) as console:
+            tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.resolved_tracking_uri())
+            key = registry.run_key(cfg.name, with_absolute_paths(cfg).train.storage_path)
+            progress = tracking.training_progress(tracking_uri, cfg.mlflow.experiment, key, cfg.train.epochs)
+            with console.stage(f"train {cfg.name}: {cfg.train.num_workers} worker(s) x {cfg.train.epochs} epochs", progress):
+                outcome = run_training(cfg, register=not no_register)
     except (ConfigError, storage.StorageError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

@@ -558,7 +558,7 @@ def _evaluate(stage: EvaluateStage, ctx: Context) -> dict[str, Any]:
     if outcome.mlflow_run_id:
         ctx.nest(outcome.mlflow_run_id)  # an earlier evaluation of the same pair may have had another parent
     metrics = _numbers(outcome.metrics)
-    headline = {f"{stage.name}.{k}": metrics[k] for k in ("hmean", "precision", "recall") if k in metrics}
+    headline = {f"test/{stage.name}/{k}": metrics[f"test/{k}"] for k in ("hmean", "precision", "recall")}
     registry.RunLogger(ctx.tracking_uri, ctx.parent_run_id).metrics(headline, step=0)
     return {"model_uri": model_uri, "metrics": metrics, "mlflow_run_id": outcome.mlflow_run_id}
 

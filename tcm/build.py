@@ -11,6 +11,7 @@ from tcm.backbone.image import ImageEncoder
 from tcm.backbone.text import TextEncoder
 from tcm.config import DBHeadConfig, DetectorConfig, FCEHeadConfig, HeadConfig, PANHeadConfig
 from tcm.detector import Detector
+from tcm.matching import AuxLoss
 from tcm.prompts import LanguagePromptGenerator, TextContextDecoder, VisualPromptGenerator
 from tcm.weights import init_clip_weights
 
@@ -53,6 +54,17 @@ def build_codec(head_cfg: HeadConfig) -> Any:
             raise TypeError(f"unknown head config {type(head_cfg).__name__} (tcm/build.py build_codec)")
 
 
+def aux_loss_kind(head_cfg: HeadConfig) -> AuxLoss:
+    """The instance-language matching loss of the released identity head that goes with the head."""
+    match head_cfg:
+        case PANHeadConfig():
+            return "ohem_dice"  # PANIdentityHead (bbce_loss=False): OHEM + Dice on the logits
+        case DBHeadConfig() | FCEHeadConfig():
+            return "balanced_bce"  # IdentityHead / FCEIdentityHead (bbce_loss=True)
+        case _:
+            raise TypeError(f"unknown head config {type(head_cfg).__name__} (tcm/build.py aux_loss_kind)")
+
+
 def build_detector(cfg: DetectorConfig, pretrained: bool = True) -> Detector:
     """The detector for `cfg`. `pretrained`: load `cfg.clip.weights` (or warn that there are none); pass False
     when a full checkpoint will be loaded over it anyway."""
@@ -75,5 +87,19 @@ def build_detector(cfg: DetectorConfig, pretrained: bool = True) -> Detector:
     if pretrained:
         init_clip_weights(image_encoder, text_encoder, cfg.clip.weights)
     return Detector(
-        image_encoder, head, text_encoder=text_encoder, tau=t.tau, aux_loss_weight=t.aux_loss_weight, **parts
+        image_encoder,
+        head,
+        text_encoder=text_encoder,
+        tau=t.tau,
+        aux_loss_weight=t.aux_loss_weight,
+        aux_loss=aux_loss_kind(cfg.head),
+        **parts,
     )
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Every BatchNorm*d of `model` -> SyncBatchNorm, whose statistics span the whole global batch under DDP
+    (the released train_ocrclip.py converts the model when distributed). The new layers hold the same Parameter
+    objects and buffers under the same state-dict keys, so checkpoints load either way; without an initialised
+    process group (or in eval mode) SyncBatchNorm computes plain batch norm. Returns the converted model."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -47,7 +47,6 @@ class TCMConfig:
     gamma_init: float = 1e-3  # vis_gamma / context gamma start near identity (released code)
     tau: float = 0.07  # temperature of the matching logits P / tau
     aux_loss_weight: float = 1.0  # lambda of the instance-language matching loss (paper)
-    train_text_encoder: bool = False  # frozen by default (text encoder lr factor 0 in every TCM config)
 
 
 @dataclass(frozen=True)
@@ -72,9 +71,16 @@ class DBHeadConfig:
     poly_unclip_ratio: float = 2.0  # DB official poly mode
     max_candidates: int = 1000  # DB experiment yamls
     min_size: int = 3  # min short side of a candidate (DB)
-    # added by the DB codec: approxPolyDP epsilon / arc length in poly mode (DB official and DBNet++ use 0.002;
-    # mmocr 1.x DBNet 0.01 loses curvature on long curved lines)
+    # approxPolyDP epsilon / arc length: poly mode of the "db" path (DB official and DBNet++ use 0.002; mmocr 1.x
+    # DBNet 0.01 loses curvature on long curved lines); both modes of the "tcm" path (0 = the contour as is)
     poly_epsilon_ratio: float = 0.002
+    # "db": DB official's representer (quad: minAreaRect first, score the rectangle, unclip it; poly: as below).
+    # "tcm": the released TCM DBParam/DBVisPostprocessor (ocrclip/ocrclip/postprocessor.py): approxPolyDP first
+    # (poly_epsilon_ratio), score inside that polygon, unclip the polygon (unclip_ratio in quad mode,
+    # poly_unclip_ratio in poly mode), then quad = its minAreaRect kept if the short side > min_text_width;
+    # poly = the unclipped polygon (no width filter: filter_min_text_poly is off in every released config)
+    postprocess: Literal["db", "tcm"] = "db"
+    min_text_width: float = 5.0  # "tcm" path: min short side after unclip (released default; IC15 2, TD500 3)
     # added by the DB codec: how a kernel is dilated back. "ratio" = DB's D' = A' * unclip_ratio / L', calibrated on
     # trained networks; "inverse" solves the D that undoes the r = shrink_ratio shrink (exact for rectangles,
     # tcm.geometry.inverse_shrink_distance): for `tcm check-targets`, since a constant ratio inverts the shrink

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from tcm.backbone.image import ImageEncoder
 from tcm.backbone.text import TextEncoder
 from tcm.config import DetectorConfig
-from tcm.matching import matching_loss, score_map
+from tcm.matching import AuxLoss, matching_loss, score_map
 from tcm.prompts import LanguagePromptGenerator, TextContextDecoder, VisualPromptGenerator
 
 
@@ -51,6 +51,7 @@ class Detector(nn.Module):
         context_decoder: TextContextDecoder | None = None,
         tau: float = 0.07,  # TCMConfig.tau
         aux_loss_weight: float = 1.0,  # TCMConfig.aux_loss_weight
+        aux_loss: AuxLoss = "balanced_bce",  # per head as released (tcm.build.aux_loss_kind)
     ):
         super().__init__()
         tcm_parts = (prompt_generator, visual_prompt_generator, context_decoder)
@@ -66,6 +67,7 @@ class Detector(nn.Module):
         self.head = head
         self.tau = tau
         self.aux_loss_weight = aux_loss_weight
+        self.aux_loss = aux_loss
 
     @property
     def tcm_enabled(self) -> bool:
@@ -92,14 +94,16 @@ class Detector(nn.Module):
         return outputs
 
     def loss(self, outputs: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Head losses + `loss_aux` (TCM on: aux_loss_weight * balanced BCE of score_map / tau against aux_text
-        under aux_mask) + `loss` (the total to backpropagate)."""
+        """Head losses + `loss_aux` (TCM on: aux_loss_weight * the auxiliary loss `aux_loss` of score_map / tau
+        against aux_text under aux_mask, tcm.matching) + `loss` (the total to backpropagate)."""
         head_outputs = {k: v for k, v in outputs.items() if k != "score_map"}
         losses = dict(self.head.loss(head_outputs, targets))
         if "loss" not in losses:
             raise KeyError(f"{type(self.head).__name__}.loss returned no 'loss' total (docs/CONTRACTS.md)")
         if self.text_encoder is not None:
-            aux = matching_loss(outputs["score_map"], targets["aux_text"], targets["aux_mask"], self.tau)
+            aux = matching_loss(
+                outputs["score_map"], targets["aux_text"], targets["aux_mask"], self.tau, self.aux_loss
+            )
             losses["loss_aux"] = self.aux_loss_weight * aux
             losses["loss"] = losses["loss"] + losses["loss_aux"]
         return losses

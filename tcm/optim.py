@@ -57,14 +57,20 @@ def param_groups(
             param.requires_grad_(False)
         if not param.requires_grad:
             continue
-        decay = _decays(name, param)
-        key = (part, decay)
-        if key not in groups:
-            groups[key] = {
-                "name": f"{part}/{'decay' if decay else 'no_decay'}",
-                "params": [],
-                "lr": base_lr * factor,
-                "weight_decay": weight_decay if decay else 0.0,
-            }
-        groups[key]["params"].append(param)
+        add_to_group(groups, part, _decays(name, param), param, base_lr * factor, weight_decay)
     return list(groups.values())
+
+
+def add_to_group(
+    groups: dict[tuple[str, bool], dict[str, Any]], part: str, decay: bool, param: Any, lr: float, weight_decay: float
+) -> None:
+    """Put `param` in the (part, decay) group, creating it named `part/decay|no_decay` with its lr and decay."""
+    key = (part, decay)
+    if key not in groups:
+        groups[key] = {
+            "name": f"{part}/{'decay' if decay else 'no_decay'}",
+            "params": [],
+            "lr": lr,
+            "weight_decay": weight_decay if decay else 0.0,
+        }
+    groups[key]["params"].append(param)

@@ -10,11 +10,15 @@ Two formats are read:
 Key mapping: `visual.*` -> `ImageEncoder.resnet`; `token_embedding`, `positional_embedding`, `transformer.*`,
 `ln_final.*`, `text_projection` -> `TextEncoder.clip`. The text positional table is truncated to the prompt length;
 the attention-pool positional table is bilinearly resized when its grid differs.
+
+The recogniser's ViT towers (tcm/recognition/encoder.py) load through `load_clip_vit_weights` with the same readers:
+`visual.*` -> open_clip `VisionTransformer`, text keys -> open_clip `TextTransformer` (77 positions sliced to 16).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import warnings
@@ -204,30 +208,27 @@ def _is_ignored(key: str, image_has_pool: bool, has_text: bool) -> bool:
     return not has_text and key.startswith(TEXT_PREFIXES)
 
 
-def load_clip_weights(image_encoder: ImageEncoder, text_encoder: TextEncoder | None, uri: str) -> LoadReport:
-    """Copy CLIP weights into the towers (in place). Raises ValueError naming every missing or mis-shaped key;
-    warns about entries nothing used."""
-    source = read_clip_state_dict(uri)
-    report = LoadReport(uri)
-    targets: dict[str, Tensor] = {f"visual.{k}": v for k, v in image_encoder.resnet.state_dict().items()}
-    if text_encoder is not None:
-        targets.update(text_encoder.clip.state_dict())
-
+def _fit_and_copy(
+    uri: str,
+    source: dict[str, Tensor],
+    modules: dict[str, torch.nn.Module],
+    adapt: Callable[[str, Tensor, Tensor, LoadReport], Tensor],
+    report: LoadReport,
+    hint: str,
+) -> dict[str, Tensor]:
+    """Copy `source` into `modules` (checkpoint key prefix -> module whose state-dict keys follow it), in place.
+    `adapt(key, theirs, ours, report)` may reshape a checkpoint tensor first. Raises ValueError naming every
+    missing or mis-shaped key. Returns the targets (checkpoint key -> our tensor)."""
+    targets: dict[str, Tensor] = {}
+    for prefix, module in modules.items():
+        targets.update({f"{prefix}{k}": v for k, v in module.state_dict().items()})
     missing, mismatched, updates = [], [], {}
     for key, ours in targets.items():
         if key not in source:
             if not key.endswith("num_batches_tracked"):  # OpenAI archives may lack BN counters
                 missing.append(key)
             continue
-        theirs = source[key]
-        if key == POOL_POS_KEY and theirs.shape != ours.shape and theirs.shape[1:] == ours.shape[1:]:
-            S = int(round((ours.shape[0] - 1) ** 0.5))
-            theirs = resize_positional_embedding(theirs.float(), S, S)  # other pretraining grid -> ours
-            report.resized.append(key)
-        elif key == "positional_embedding" and theirs.shape[0] >= ours.shape[0] and theirs.shape[1:] == ours.shape[1:]:
-            if theirs.shape[0] != ours.shape[0]:
-                report.resized.append(key)
-            theirs = theirs[: ours.shape[0]]  # 77 CLIP positions truncated to K + prompt_length
+        theirs = adapt(key, source[key], ours, report)
         if theirs.shape != ours.shape:
             mismatched.append(f"{key}: checkpoint {tuple(theirs.shape)} vs model {tuple(ours.shape)}")
             continue
@@ -236,29 +237,56 @@ def load_clip_weights(image_encoder: ImageEncoder, text_encoder: TextEncoder | N
         lines = [f"missing: {k}" for k in missing] + [f"shape: {m}" for m in mismatched]
         more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
         raise ValueError(
-            f"{uri}: CLIP weights do not fit the configured towers (check ClipConfig sizes):\n  "
-            + "\n  ".join(lines[:20]) + more
+            f"{uri}: CLIP weights do not fit the configured towers ({hint}):\n  " + "\n  ".join(lines[:20]) + more
+        )
+    with torch.no_grad():
+        for prefix, module in modules.items():
+            for name, tensor in _named_tensors(module).items():
+                if f"{prefix}{name}" in updates:
+                    tensor.copy_(updates[f"{prefix}{name}"])
+    report.loaded = sorted(updates)
+    return targets
+
+
+def _truncate_text_positions(key: str, theirs: Tensor, ours: Tensor, report: LoadReport) -> Tensor:
+    """CLIP's 77-row text positional table sliced to the model's first rows (not interpolated)."""
+    if key == "positional_embedding" and theirs.shape[0] >= ours.shape[0] and theirs.shape[1:] == ours.shape[1:]:
+        if theirs.shape[0] != ours.shape[0]:
+            report.resized.append(key)
+        return theirs[: ours.shape[0]]
+    return theirs
+
+
+def _warn_unexpected(uri: str, report: LoadReport) -> None:
+    if report.unexpected:
+        warnings.warn(
+            f"{uri}: {len(report.unexpected)} checkpoint entries were not used: {report.unexpected[:10]}",
+            stacklevel=3,
         )
 
-    with torch.no_grad():
-        image_sd = {k.removeprefix("visual."): v for k, v in updates.items() if k.startswith("visual.")}
-        for name, tensor in _named_tensors(image_encoder.resnet).items():
-            if name in image_sd:
-                tensor.copy_(image_sd[name])
-        if text_encoder is not None:
-            for name, tensor in _named_tensors(text_encoder.clip).items():
-                if name in updates:
-                    tensor.copy_(updates[name])
-    report.loaded = sorted(updates)
+
+def load_clip_weights(image_encoder: ImageEncoder, text_encoder: TextEncoder | None, uri: str) -> LoadReport:
+    """Copy CLIP weights into the towers (in place). Raises ValueError naming every missing or mis-shaped key;
+    warns about entries nothing used."""
+    source = read_clip_state_dict(uri)
+    report = LoadReport(uri)
+
+    def adapt(key: str, theirs: Tensor, ours: Tensor, report: LoadReport) -> Tensor:
+        if key == POOL_POS_KEY and theirs.shape != ours.shape and theirs.shape[1:] == ours.shape[1:]:
+            S = int(round((ours.shape[0] - 1) ** 0.5))
+            report.resized.append(key)
+            return resize_positional_embedding(theirs.float(), S, S)  # other pretraining grid -> ours
+        return _truncate_text_positions(key, theirs, ours, report)  # 77 positions -> K + prompt_length
+
+    modules: dict[str, torch.nn.Module] = {"visual.": image_encoder.resnet}
+    if text_encoder is not None:
+        modules[""] = text_encoder.clip
+    targets = _fit_and_copy(uri, source, modules, adapt, report, "check ClipConfig sizes")
     report.unexpected = sorted(
         k for k in source
         if k not in targets and not _is_ignored(k, image_encoder.resnet.attnpool is not None, text_encoder is not None)
     )
-    if report.unexpected:
-        warnings.warn(
-            f"{uri}: {len(report.unexpected)} checkpoint entries were not used: {report.unexpected[:10]}",
-            stacklevel=2,
-        )
+    _warn_unexpected(uri, report)
     return report
 
 
@@ -276,3 +304,55 @@ def init_clip_weights(image_encoder: ImageEncoder, text_encoder: TextEncoder | N
         )
         return None
     return load_clip_weights(image_encoder, text_encoder, uri)
+
+
+# ------------------------------------------------------------------------------------- ViT CLIP (recognition)
+
+VIT_POS_KEY = "visual.positional_embedding"
+
+
+def load_clip_vit_weights(visual: torch.nn.Module, text: torch.nn.Module | None, uri: str) -> LoadReport:
+    """Copy a ViT CLIP checkpoint (OpenAI ViT-B-16.pt TorchScript, fp16 there, or an open_clip state dict) into
+    open_clip towers, in place: `visual.*` -> `visual` (a VisionTransformer), the text keys -> `text` (a
+    TextTransformer; None = image tower only). The text positional table is sliced to the tower's context (77 ->
+    16 for CLIP4STR). CLIP checkpoints are taken to be pretrained on a square patch grid (every OpenAI and
+    open_clip ViT is): when the model's grid differs (e.g. 2 x 8 for a 32x128 input at B/16), the image positional
+    table is bilinearly resized to it, even if the number of rows happens to match. Raises ValueError naming every missing or mis-shaped key; warns about entries nothing used."""
+    source = read_clip_state_dict(uri)
+    report = LoadReport(uri)
+
+    def adapt(key: str, theirs: Tensor, ours: Tensor, report: LoadReport) -> Tensor:
+        if key == VIT_POS_KEY and theirs.shape[1:] == ours.shape[1:]:
+            gh, gw = visual.grid_size  # type: ignore[attr-defined]
+            S = math.isqrt(theirs.shape[0] - 1)  # CLIP checkpoints are pretrained on square grids (14x14 at B/16)
+            if S * S == theirs.shape[0] - 1 and (S, S) != (gh, gw):  # also when only the grid's shape differs
+                report.resized.append(key)
+                return resize_positional_embedding(theirs.float(), gh, gw)  # CLS kept, S x S -> gh x gw
+        return _truncate_text_positions(key, theirs, ours, report)
+
+    modules: dict[str, torch.nn.Module] = {"visual.": visual}
+    if text is not None:
+        modules[""] = text
+    targets = _fit_and_copy(uri, source, modules, adapt, report, "check the RecognizerConfig tower sizes")
+    report.unexpected = sorted(
+        k for k in source
+        if k not in targets
+        and k not in IGNORED_KEYS
+        and not k.endswith("attn_mask")
+        and not (text is None and k.startswith(TEXT_PREFIXES))
+    )
+    _warn_unexpected(uri, report)
+    return report
+
+
+def init_clip_vit_weights(visual: torch.nn.Module, text: torch.nn.Module | None, uri: str | None) -> LoadReport | None:
+    """Load `uri` into the ViT CLIP towers if given; otherwise keep the random initialisation and warn loudly."""
+    if uri is None:
+        warnings.warn(
+            "No CLIP weights given (RecognizerConfig.weights is None): the recogniser's CLIP towers start from "
+            "random initialisation and recognition will need far longer training. Set weights to ViT-B-16.pt "
+            "(OpenAI) or an open_clip ViT-B-16 state dict.",
+            stacklevel=3,  # points at the caller of build_recognizer
+        )
+        return None
+    return load_clip_vit_weights(visual, text, uri)

@@ -52,7 +52,9 @@ class TextEncoder(nn.Module):
         )
         D = cfg.text_width
         self.contexts = nn.Parameter(torch.empty(1, K, D))
-        nn.init.trunc_normal_(self.contexts, std=0.02)  # released code: trunc_normal_ (timm default std 0.02)
+        # released ocrclip.py: torch's nn.init.trunc_normal_ with its defaults, std 1 cut at +-2 (the scale of
+        # CLIP's token embeddings, not timm's 0.02 used for Linear weights)
+        nn.init.trunc_normal_(self.contexts, mean=0.0, std=1.0, a=-2.0, b=2.0)
         tokens = tokenize_prompt(class_prompt, prompt_length)  # (1, prompt_length)
         self.register_buffer("prompt_tokens", tokens.clone(), persistent=False)  # derived from the config
         self.eot_index = K + int(tokens.argmax(dim=-1))  # EOT has the largest id; shifted by the K contexts

@@ -22,6 +22,10 @@ full map is never passed through a sigmoid; contours (RETR_LIST, CHAIN_APPROX_SI
   min_size + 2); with `unclip="inverse"` the rectangle grows by the D that undoes the shrink instead;
 - poly: approxPolyDP(poly_epsilon_ratio * arc length) with >= 4 points, score inside it, unclip by
   poly_unclip_ratio (or the inverse D), skip a multi-piece result and a short side < min_size + 2;
+- `postprocess="tcm"` (the released TCM DBParam/DBVisPostprocessor): approxPolyDP(poly_epsilon_ratio * arc
+  length; 0 = the contour itself) with >= 4 points, score inside it (>= box_thresh), unclip that polygon by
+  D' = A' ratio / L' (unclip_ratio for quad, poly_unclip_ratio for poly; or the inverse D), skip a multi-piece
+  result; quad = its minAreaRect if the short side > min_text_width, poly = the unclipped polygon;
 then x * sx, y * sy, rounded and clipped to the scaled map. Points are clockwise (quads start top-left).
 As DB / PaddleOCR, the unclip feeds pyclipper float corners truncated to integers (keeps boxes identical to
 theirs).
@@ -204,6 +208,17 @@ class DBCodec:
         cfg = self.cfg
         epsilon = cfg.poly_epsilon_ratio * cv2.arcLength(contour, True)
         points = cv2.approxPolyDP(contour, epsilon, True).reshape(-1, 2)  # (P, 2) int32
+        found = self._score_and_unclip(logits, points, cfg.poly_unclip_ratio)
+        if found is None or rect_short_side(found[0]) < cfg.min_size + 2:
+            return None
+        return to_clockwise(found[0]), found[1]
+
+    def _score_and_unclip(
+        self, logits: np.ndarray, points: np.ndarray, ratio: float
+    ) -> tuple[np.ndarray, float] | None:
+        """A polygon of >= 4 points scored inside (>= box_thresh) and unclipped by D' = A' ratio / L' (or the
+        inverse D) to exactly one piece: (grown (Q, 2), score), else None."""
+        cfg = self.cfg
         if len(points) < 4:
             return None
         score = self._score(logits, points)
@@ -213,10 +228,26 @@ class DBCodec:
             d = inverse_shrink_distance(polygon_area(points), polygon_perimeter(points), cfg.shrink_ratio)
             pieces = offset_polygon(points, d, precision=SUBPIXEL)
         else:
-            pieces = offset_polygon(points, unclip_distance(points, cfg.poly_unclip_ratio))
-        if len(pieces) != 1 or rect_short_side(pieces[0]) < cfg.min_size + 2:
+            pieces = offset_polygon(points, unclip_distance(points, ratio))
+        return (pieces[0], score) if len(pieces) == 1 else None  # empty or split: skipped (released too)
+
+    def _released(self, logits: np.ndarray, contour: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """The released TCM postprocessor (ocrclip/ocrclip/postprocessor.py) for one contour."""
+        cfg = self.cfg
+        points = contour
+        if cfg.poly_epsilon_ratio > 0:  # released use_approxPolyDP (off for TD500)
+            points = cv2.approxPolyDP(contour, cfg.poly_epsilon_ratio * cv2.arcLength(contour, True), True)
+        ratio = cfg.unclip_ratio if cfg.mode == "quad" else cfg.poly_unclip_ratio
+        found = self._score_and_unclip(logits, points.reshape(-1, 2), ratio)  # (P, 2) int32 points
+        if found is None:
             return None
-        return to_clockwise(pieces[0]), score
+        grown, score = found  # (Q, 2)
+        if cfg.mode == "poly":
+            return (to_clockwise(grown), score) if len(grown) >= 4 else None
+        rect = cv2.minAreaRect(grown.astype(np.float32))
+        if min(rect[1]) <= cfg.min_text_width:  # released points2boundary keeps min side > min_width
+            return None
+        return rect_quad(rect), score
 
     def decode(
         self, outputs: dict[str, np.ndarray], scale: tuple[float, float] = (1.0, 1.0)
@@ -233,7 +264,7 @@ class DBCodec:
         sx, sy = scale
         limit = np.array([W * sx, H * sy])
         factor = np.array([sx, sy])
-        found = self._quad if cfg.mode == "quad" else self._poly
+        found = self._released if cfg.postprocess == "tcm" else self._quad if cfg.mode == "quad" else self._poly
         detections = []
         for contour in contours[: cfg.max_candidates]:
             result = found(logits, contour)

@@ -18,6 +18,8 @@ from tcm.types import Detection
 
 FOURIER_POINTS = 400  # boundary points the Fourier transform is taken over (FCENet / mmocr)
 START_CANDIDATES = 8  # start = the top-most of the 8 points nearest the vertical centre line (mmocr)
+AUX_STRIDE = 32  # the matching target's grid = the score map's (released pix_text_match_gt_size_divisors=32)
+AUX_PROPORTION = (0.0, 1.0)  # the released fourth "level" takes every polygon with proportion in (0, 1)
 PERFECT_LOGIT = 20.0  # |logit| of a "perfect" 2-way softmax: p = 1 - 4e-18, far beyond any threshold
 
 
@@ -263,9 +265,14 @@ class FCECodec:
 
     def level_of(self, polygon: np.ndarray, height: int) -> list[int]:
         """Levels whose open range (lo, hi) holds max(bbox w, h) / image height (bbox of the int polygon)."""
-        _, _, w, h = cv2.boundingRect(polygon.astype(np.int32).reshape(-1, 1, 2))
-        proportion = max(w, h) / (height + 1e-8)
+        proportion = self.proportion(polygon, height)
         return [i for i, (lo, hi) in enumerate(self.cfg.level_proportion_range) if lo < proportion < hi]
+
+    @staticmethod
+    def proportion(polygon: np.ndarray, height: int) -> float:
+        """max(bbox w, h) / image height, bbox of the int polygon (FCENet's level assignment)."""
+        _, _, w, h = cv2.boundingRect(polygon.astype(np.int32).reshape(-1, 1, 2))
+        return max(w, h) / (height + 1e-8)
 
     def encode(
         self, polygons: list[np.ndarray], ignore: list[bool], height: int, width: int
@@ -285,16 +292,28 @@ class FCECodec:
             f"level_s{s}": self._encode_level(items, height // s, width // s)
             for s, items in zip(self.cfg.strides, per_level, strict=True)
         }
-        aux_text = np.zeros((height, width), np.uint8)
-        aux_mask = np.ones((height, width), np.uint8)
-        for poly, ign in zip(polys, ignore, strict=True):
-            if len(poly) >= 3:
-                cv2.fillPoly(
-                    aux_mask if ign else aux_text, [np.round(poly).astype(np.int32)], 0 if ign else 1
-                )
-        out["aux_text"] = aux_text.astype(np.float32)
-        out["aux_mask"] = aux_mask.astype(np.float32)
+        out.update(self._aux_maps(polys, ignore, height, width))
         return out
+
+    def _aux_maps(
+        self, polys: list[np.ndarray], ignore: list[bool], height: int, width: int
+    ) -> dict[str, np.ndarray]:
+        """The instance-language matching target on the score map's own grid, as released
+        (FCENetCLIPTargets(pix_text_match_gt_size_divisors=32) adds a fourth "level" at stride 32 holding every
+        polygon whose size proportion lies in (0, 1)): aux_text = its text region, aux_mask = 0 in its ignored
+        polygons; (H/32, W/32), no upsampling of the logits (FCEIdentityHead)."""
+        h, w = height // AUX_STRIDE, width // AUX_STRIDE
+        text = np.zeros((h, w), np.uint8)
+        mask = np.ones((h, w), np.uint8)
+        lo, hi = AUX_PROPORTION
+        for poly, ign in zip(polys, ignore, strict=True):
+            if len(poly) < 3 or not lo < self.proportion(poly, height) < hi:
+                continue
+            # floor, as the released int32 cast of in-image coordinates: cell j then stands for the input point
+            # 32 j + 16, about the centre (32 j + 15.5) of the score-map pixel it supervises
+            cells = np.floor(poly / AUX_STRIDE).astype(np.int32)
+            cv2.fillPoly(mask if ign else text, [cells], 0 if ign else 1)
+        return {"aux_text": text.astype(np.float32), "aux_mask": mask.astype(np.float32)}
 
     def _encode_level(self, items: list[tuple[np.ndarray, bool]], h: int, w: int) -> np.ndarray:
         """Polygons in this level's coordinates -> (4k+5, h, w) [TR, TCL, mask, real(2k+1), imag(2k+1)]."""

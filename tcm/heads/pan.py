@@ -7,7 +7,7 @@ loss (../shared/reference/detectors.md §2.3; predictions bilinearly upsampled x
   weight_text * Dice(sigmoid(text), gt_text > 0, OHEM 3:1 selection per image)
 + weight_kernel * Dice(sigmoid(kernel), gt_kernel > 0, mask = gt_text > 0 and gt_mask)
 + weight_emb * (aggregation + discrimination + 0.001 * regulariser) of the similarity vectors,
-Dice = PAN's squared Dice per image, averaged over the batch; everything in fp32.
+Dice = PAN's squared Dice per image (tcm.losses.square_dice), averaged over the batch; everything in fp32.
 """
 
 from __future__ import annotations
@@ -19,40 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tcm.config import PANHeadConfig
+from tcm.losses import ohem_text_mask, square_dice
 from tcm.neck import FPEMFFM
 
-DICE_EPS = 1e-3  # added to each Dice sum (mmocr PANModuleLoss / official PAN)
 REG_WEIGHT = 1e-3  # weight of ln(1 + |G_k|) (mmocr 1.x EmbLossV1 / pan_pp)
-NEG_RATIO = 3  # OHEM negatives : positives for the text map (PAN)
-
-
-def square_dice(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """1 - 2 sum(p g) / (sum(p^2) + sum(g^2)) over the mask, per image, mean over the batch. (B, H, W) each."""
-    B = pred.shape[0]
-    p = (pred * mask).reshape(B, -1)  # (B, H*W)
-    g = (target * mask).reshape(B, -1)  # (B, H*W)
-    a = (p * g).sum(dim=1)
-    b = (p * p).sum(dim=1) + DICE_EPS
-    c = (g * g).sum(dim=1) + DICE_EPS
-    return (1.0 - 2.0 * a / (b + c)).mean()
-
-
-def ohem_text_mask(scores: Tensor, gt_text: Tensor, mask: Tensor) -> Tensor:
-    """Per image: all text pixels under the mask plus the 3 x #pos highest-scoring negatives (PAN OHEM).
-
-    scores, gt_text, mask: (B, H, W) (gt_text, mask boolean). Without positives or negatives the plain mask.
-    """
-    selected = []
-    for s, g, m in zip(scores, gt_text, mask, strict=True):  # each (H, W)
-        n_pos = int((g & m).sum())
-        negatives = s[~g]  # (#neg,)
-        n_neg = min(NEG_RATIO * n_pos, negatives.numel())
-        if n_pos == 0 or n_neg == 0:
-            selected.append(m)
-            continue
-        threshold = torch.topk(negatives, n_neg).values[-1]  # the n_neg-th highest negative score
-        selected.append(((s >= threshold) | g) & m)
-    return torch.stack(selected)  # (B, H, W) bool
 
 
 def embedding_loss_single(

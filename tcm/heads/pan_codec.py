@@ -6,7 +6,8 @@ encode (../shared/reference/detectors.md §2.2), at input resolution:
 - gt_mask: 1 except inside ignored polygons. Ignored, invalid (< 3 points, |area| < 1) and polygons whose kernel
   vanishes or splits are zeroed in gt_mask and left out of gt_text / gt_kernel: every loss multiplies by the
   mask there, so this equals mmocr's "fill them anyway" while keeping the index maps to kept instances only;
-- aux_text = gt_kernel > 0, aux_mask = gt_mask. All float32 (H, W).
+- aux_text = gt_text > 0 (the full text region: the released PANIdentityHead trains against gt_kernels[0], the
+  shrink-1.0 kernel), aux_mask = gt_mask. All float32 (H, W).
 
 decode (§2.4, mmocr 1.x PANPostprocessor) from the stride-4 maps:
 text = sigmoid > min_text_conf, kernel = sigmoid > min_kernel_conf and text; kernels labelled by 4-connected
@@ -138,7 +139,7 @@ class PANCodec:
             "gt_text": text.astype(np.float32),
             "gt_kernel": kernel.astype(np.float32),
             "gt_mask": gt_mask,
-            "aux_text": (kernel > 0).astype(np.float32),
+            "aux_text": (text > 0).astype(np.float32),  # released: kernel 0 = shrink ratio 1.0 = text region
             "aux_mask": gt_mask.copy(),
         }
 

@@ -209,8 +209,9 @@ def test_eval_dataset_keeps_id_scale_and_ground_truth(synth):
     assert len(rows) == 6
     original = {r["id"]: r for r in pq.read_table(Path(synth) / "train").to_pylist()}
     for r in rows:
-        assert r["image"].shape == (3, 256, 256) and r["image"].dtype == np.float32
-        # 128x96 with (256, 64): factor min(256/128, 64/96) = 2/3 -> 85x64, scale back = (128/85, 96/64)
+        # 128x96 with (256, 64): factor min(256/128, 64/96) = 2/3 -> 85x64, scale back = (128/85, 96/64);
+        # padded only to multiples of 32 (96x64), not to a shared canvas (issue #15)
+        assert r["image"].shape == (3, 64, 96) and r["image"].dtype == np.float32
         np.testing.assert_allclose(r["scale"], [128 / 85, 96 / 64])
         polys, ignore = parse_gt(r["gt_polygons"], r["gt_ignore"])
         src = original[r["id"]]

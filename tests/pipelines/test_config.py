@@ -18,7 +18,8 @@ from pipelines.config import (
 from tcm.config import DBHeadConfig, DetectorConfig, FCEHeadConfig, PANHeadConfig
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
+# the detector configs (the CLIP4STR ones, model.kind recognizer, are checked in test_tasks.py)
+CONFIGS = sorted(p for p in (REPO / "jobs" / "configs").glob("*.yaml") if not p.stem.startswith("clip4str_"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -134,11 +135,18 @@ def test_shipped_configs_validate(path):
         assert det == DetectorConfig.tiny() and not cfg.train.use_gpu
         return
     assert det.head.kind == head
-    assert dataclasses.replace(det.clip, weights=None) == DetectorConfig().clip  # the paper's RN50 ...
-    assert det.clip.weights  # ... started from CLIP weights
+    # the paper's RN50, started from CLIP weights, its pos-embed resized to the released input_resolution
+    assert dataclasses.replace(det.clip, weights=None, pretrain_image_size=224) == DetectorConfig().clip
+    assert det.clip.weights
+    assert det.clip.pretrain_image_size == {"db": 640, "pan": 736 if dataset == "ic15" else 640, "fce": 800}[head]
     assert cfg.train.use_gpu and cfg.data.train and cfg.data.val
     if dataset in {"ctw1500", "totaltext"}:
         assert det.head.mode == "poly"  # curved text
+    if head == "db":  # the released DBParam/DBVisPostprocessor with its per-dataset thresholds
+        released = {"ic15": (0.28, 0.2, 0.001), "td500": (0.08, 0.17, 0.0), "ctw1500": (0.08, 0.3, 0.0001),
+                    "totaltext": (0.347, 0.3, 0.004)}[dataset]
+        h = det.head
+        assert h.postprocess == "tcm" and (h.bin_thresh, h.box_thresh, h.poly_epsilon_ratio) == released
 
 
 def test_paper_configs_exist_for_every_dataset_and_head():

@@ -69,7 +69,7 @@ def test_write_then_read_round_trips(tmp_path: Path) -> None:
     back = read_submission(path)
     assert back[0].score == 0.123456789 and back[1].score == 1.0  # scores exact: sweeps see the same values
     assert back[0].points.tolist() == [[0, 0], [100, 0], [100, 20], [0, 21]]
-    assert back[1].points.shape == (3, 2)
+    assert back[1].points.tolist() == [[0, 0], [10, 0], [5, 8], [5, 8]]  # triangle: last corner twice (>= 8)
     assert submission_name("img_7.jpg") == "res_img_7.txt"
 
 
@@ -95,7 +95,11 @@ def test_read_submission_forms(tmp_path: Path) -> None:
     "bad, reason",
     [
         ("1,2,3,4,5,6,7,x", "coordinate 8 'x' is not an integer"),
-        ("1,2,3,4", "k >= 3 points"),
+        ("1,2,3,4", "k >= 4 points"),
+        ("1,2,3,4,5,6,7", "found 6 coordinate field(s)"),  # 7 fields: 6 coordinates + a confidence (#17)
+        ("1,2,3,4,5,6", "found 6 coordinate field(s)"),  # a triangle: the RRC needs 4 corners
+        ("1,2,3,4,5,6,7,8,", "confidence '' is not a number"),
+        ("1,2,3,4,5,6,7,8,9,1e1", "coordinate 10 '1e1' is not an integer"),
         ("1,2,3,4,5,6,7,8,high", "confidence 'high' is not a number"),
         ("1.5,2,3,4,5,6,7,8", "coordinate 1 '1.5' is not an integer"),
         ("1,2,3,4,5,6,7,8,nan", "not finite"),
@@ -247,3 +251,65 @@ def test_cli_on_the_real_fixture(tmp_path: Path) -> None:
     # one exact copy of the first care GT per image that has one: images 1, 2, 3, 6 -> 4 matches of 10 care GT
     assert payload["counts"] == {"images": 6, "gt_care": 10, "det_care": 4, "matched_gt": 4, "matched_det": 4}
     assert payload["precision"] == 1.0 and payload["recall"] == 0.4
+
+
+def test_folder_at_once_reader_equals_the_line_parser(tmp_path: Path) -> None:
+    from pipelines import score_batch
+    from pipelines.score import parse_submission
+
+    rng = np.random.default_rng(0)
+    files = {}
+    for n in range(6):
+        rows = [line(list(rng.integers(-5, 900, 8)), repr(float(rng.random()))) for _ in range(20)]
+        files[tmp_path / f"res_img_{n}.txt"] = ("\r\n" if n == 3 else "\n").join(rows) + "\n"
+    files[tmp_path / "res_img_6.txt"] = "\n".join(line(box(0, 0, 5, 5)) for _ in range(3))  # no confidences
+    files[tmp_path / "res_img_7.txt"] = line(box(0, 0, 5, 5), "0.5") + "\n\n" + line(box(1, 1, 6, 6), "0.4")
+    raw = {path: text.encode() for path, text in files.items()}
+    batch = score_batch.submissions(raw)
+    assert set(batch) == set(raw) - {tmp_path / "res_img_7.txt"}  # a blank line inside: line by line
+    for path, sub in batch.items():
+        ref = parse_submission(files[path], str(path))
+        assert sub.polygons.flat.tolist() == ref.polygons.flat.tolist()
+        assert sub.polygons.sizes.tolist() == ref.polygons.sizes.tolist()
+        assert (sub.scores.tolist(), sub.lines.tolist(), sub.reversed) == (
+            ref.scores.tolist(),
+            ref.lines.tolist(),
+            ref.reversed,
+        )
+    assert sum(s.reversed for s in batch.values()) > 0  # random corners: some counter-clockwise
+
+
+def test_a_bad_file_among_plain_ones_is_still_named(folders: tuple[Path, Path]) -> None:
+    gt, pred = folders
+    (pred / "res_img_1.txt").write_text(line(box(0, 0, 100, 20), "0.9") + "\n")
+    (pred / "res_img_2.txt").write_text(line(box(0, 0, 1, 1), "0.9") + "\n" + "1,2,3,4,5,6,7,1.5,0.3\n")
+    with pytest.raises(ScoreError, match=r"res_img_2\.txt:2: coordinate 8 '1\.5' is not an integer"):
+        score_folders(gt, pred)
+    (pred / "res_img_2.txt").write_text("1,2,3,4,5,6,7\n")  # seven fields in a file of its own shape
+    with pytest.raises(ScoreError, match=r"res_img_2\.txt:1: .*found 6 coordinate field"):
+        score_folders(gt, pred)
+
+
+def test_ground_truth_fast_paths_equal_the_reader(tmp_path: Path) -> None:
+    from pipelines import score_batch
+    from pipelines.score import _read_ground_truth
+    from tcm.data.formats import get_format
+
+    bodies = {
+        "gt_img_1.txt": b"\xef\xbb\xbf1,2,30,2,30,9,1,9,Hello\r\n4.5,0,9,0,9,1e1,4.5,10,###\r\n",  # BOM, CRLF, floats
+        "gt_img_2.txt": b"0,0,5,0,5,5,0,5, ### \n0,0,5,0,5,5,0,5,a,b\n",  # a comma in a text: line by line
+        "gt_img_3.txt": b"0,0,5,0,5,5,0,5,x\n\n0,0,6,0,6,6,0,6,y\n",  # a blank line: not plain
+    }
+    for name, body in bodies.items():
+        (tmp_path / name).write_bytes(body)
+    raw = {tmp_path / name: body for name, body in bodies.items()}
+    assert set(score_batch.icdar2015_ground_truth(raw)) == {tmp_path / "gt_img_1.txt"}
+    got = _read_ground_truth(tmp_path, "icdar2015")
+    fmt = get_format("icdar2015")
+    for key, name in (("1", "gt_img_1.txt"), ("2", "gt_img_2.txt"), ("3", "gt_img_3.txt")):
+        ref = fmt.parse(bodies[name], name)
+        assert got[key].polygons.flat.tolist() == np.concatenate([i.points for i in ref]).tolist()
+        assert got[key].ignore.tolist() == [i.ignore for i in ref]
+    (tmp_path / "gt_img_1.txt").write_bytes(b"1,2,30,2,30,9,1,nan,Hello\n")
+    with pytest.raises(ScoreError, match=r"gt_img_1\.txt:1: coordinate 'nan' is not a number"):
+        _read_ground_truth(tmp_path, "icdar2015")

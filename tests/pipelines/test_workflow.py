@@ -236,14 +236,14 @@ def test_three_stage_workflow_resumes_at_evaluate_under_one_parent_run(tmp_path,
     evaluated = record(storage, "tiny3", "evaluate")
     assert evaluated["status"] == "done" and evaluated["attempts"] == 2
     assert evaluated["outputs"]["model_uri"] == trained["outputs"]["model_uri"]  # `from: train` resolved
-    assert 0.0 <= evaluated["outputs"]["metrics"]["hmean"] <= 1.0
+    assert 0.0 <= evaluated["outputs"]["metrics"]["test/hmean"] <= 1.0
 
     client = MlflowClient(db)
     (parent,) = workflow_runs(db, "tiny3")  # one parent run across both attempts
     assert parent.info.run_id == json.loads((storage / "tiny3" / "workflow.json").read_text())["parent_run_id"]
     assert parent.info.status == "FINISHED"
     assert {parent.data.tags[f"stage.{s}.status"] for s in ("ingest", "train", "evaluate", "register")} == {"done"}
-    assert parent.data.metrics["evaluate.hmean"] == evaluated["outputs"]["metrics"]["hmean"]
+    assert parent.data.metrics["test/evaluate/hmean"] == evaluated["outputs"]["metrics"]["test/hmean"]
     exp = client.get_experiment_by_name("tiny3")
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_id = {r.info.run_id: r for r in children}

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tcm.build
-from tcm.build import build_codec, build_detector
+from tcm.build import aux_loss_kind, build_codec, build_detector
 from tcm.config import DBHeadConfig, DetectorConfig, FCEHeadConfig, HeadConfig, PANHeadConfig
 from tcm.detector import normalize
 from tcm.matching import matching_loss
@@ -66,7 +66,8 @@ def check_train_step(cfg: DetectorConfig, B: int, H: int, W: int) -> None:
     assert all(torch.isfinite(v).all() for v in losses.values()), losses
     head_total = model.head.loss({k: v for k, v in outputs.items() if k != "score_map"}, targets)["loss"]
     if cfg.tcm.enabled:
-        aux = matching_loss(outputs["score_map"], targets["aux_text"], targets["aux_mask"], cfg.tcm.tau)
+        kind = aux_loss_kind(cfg.head)  # released identity head of this head kind
+        aux = matching_loss(outputs["score_map"], targets["aux_text"], targets["aux_mask"], cfg.tcm.tau, kind)
         torch.testing.assert_close(losses["loss_aux"], cfg.tcm.aux_loss_weight * aux)
         torch.testing.assert_close(losses["loss"], head_total + losses["loss_aux"])
     else:

@@ -435,3 +435,51 @@ def test_fixture_perturbed_predictions_match_hand_derivation() -> None:
     assert res.hmean == pytest.approx(12 / 19, abs=1e-12)
     assert res.per_image[0].det_dontcare.tolist() == [False, False, False, True]
     assert res.per_image[5].det_dontcare.tolist() == [False, False]
+
+
+def test_packed_input_and_vectorised_orientation() -> None:
+    from tcm.evaluation import PackedImage, PackedPolygons, clockwise, clockwise_packed, edge_sums
+
+    rng = np.random.default_rng(3)
+    polys = [rng.integers(0, 50, size=(n, 2)).astype(np.float64) for n in (4, 5, 4, 7, 4)]
+    polys[2] = polys[2][::-1]  # a mix of orientations
+    packed, reversed_ = clockwise_packed(PackedPolygons.of(polys))
+    start = np.cumsum(packed.sizes) - packed.sizes
+    for i, p in enumerate(polys):  # same as the one-polygon rule, polygon by polygon
+        assert packed.flat[start[i] : start[i] + len(p)].tolist() == clockwise(p).tolist()
+        assert reversed_[i] == (edge_sums(PackedPolygons.of([p]))[0] > 0)
+    truth = [Instance(rect(0, 0, 10, 10)), Instance(rect(20, 0, 30, 10), ignore=True)]
+    found = [Detection(rect(1, 0, 11, 10), 0.9), Detection(rect(21, 0, 30, 10), 0.8)]
+    a = evaluate([(truth, found)])
+    b = evaluate([PackedImage.of(truth, found)])
+    # IoU 9/11 > 0.5: a match; the second detection lies on the don't-care GT: P = R = 1 both ways
+    assert (a.precision, a.recall, a.counts) == (b.precision, b.recall, b.counts)
+    assert (b.precision, b.recall, b.counts["det_care"]) == (1.0, 1.0, 1)
+
+
+def test_pruned_evaluation_takes_the_same_decisions() -> None:
+    # Without IoU matrices (keep_iou=False) pairs that cannot reach a threshold are skipped: same outcome.
+    rng = np.random.default_rng(11)
+    scenes = []
+    for _ in range(40):
+        corners = rng.uniform(0, 300, (12, 2))  # (12, 2) top-left corners
+        sizes = np.stack([rng.uniform(10, 80, 12), rng.uniform(5, 30, 12)], axis=1)  # (12, 2) w, h
+        truth = [
+            Instance(rect(*xy, *(xy + wh)), ignore=bool(rng.random() < 0.3))
+            for xy, wh in zip(corners, sizes, strict=True)
+        ]
+        found = []
+        for g in truth:  # near copies: IoU and don't-care cover around their thresholds
+            for _ in range(2):
+                x0, y0 = g.points[0] + rng.normal(0, 6, 2)
+                x1, y1 = g.points[2] + rng.normal(0, 6, 2)
+                found.append(Detection(rect(x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)), float(rng.random())))
+        found += [Detection(rect(x, y, x + 40, y + 15), 0.5) for x, y in rng.uniform(0, 300, (10, 2))]
+        scenes.append((truth, found))
+    full = evaluate(scenes, keep_iou=True)
+    pruned = evaluate(scenes, keep_iou=False)
+    assert pruned.counts == full.counts and 0 < full.counts["matched_gt"] < full.counts["gt_care"]
+    for a, b in zip(full.per_image, pruned.per_image, strict=True):
+        assert a.pairs == b.pairs and b.iou is None
+        assert np.array_equal(a.det_dontcare, b.det_dontcare)
+    assert sum(int(r.det_dontcare.sum()) for r in full.per_image) > 0

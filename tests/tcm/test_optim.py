@@ -24,7 +24,7 @@ def test_lr_factors_and_frozen_text_tower(model):
     assert where["image_encoder.resnet.layer1.0.conv1.weight"]["lr"] == pytest.approx(1e-4)
     assert where["head.neck.laterals.0.weight"]["lr"] == pytest.approx(1e-3)
     for name in ("text_encoder.contexts", "prompt_generator.net.1.weight", "visual_prompt_generator.gamma",
-                 "context_decoder.decoder.layers.0.linear1.weight"):
+                 "context_decoder.decoder.layers.0.mlp.0.weight"):
         assert where[name]["lr"] == pytest.approx(1e-3), name
     text_tower = [n for n, _ in model.named_parameters() if n.startswith("text_encoder.clip.")]
     assert text_tower and not any(n in where for n in text_tower)  # left out of every group

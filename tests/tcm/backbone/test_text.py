@@ -85,3 +85,13 @@ def test_contexts_learn_through_a_frozen_tower():
 def test_too_long_prompt_is_refused():
     with pytest.raises(ValueError, match="exceeds"):
         TextEncoder(CLIP, num_prompts=70, class_prompt=PROMPT, prompt_length=14)
+
+
+def test_learnable_contexts_start_trunc_normal_std_1_cut_at_2():
+    """Released ocrclip.py: torch's trunc_normal_ with its defaults (std 1, cut at +-2), the scale of CLIP's token
+    embeddings; a truncated N(0, 1) on [-2, 2] has std 0.880."""
+    enc = make(32)  # 32 x 64 = 2048 values
+    values = enc.contexts.detach()
+    assert values.abs().max() <= 2.0
+    assert values.abs().max() > 1.5  # std 0.02 would stay below 0.05
+    assert 0.84 < values.std().item() < 0.92

@@ -178,3 +178,47 @@ def test_ic15_fixture_round_trip():
         result = evaluate(pairs)
         assert result.hmean >= 0.95, (cfg.mode, cfg.unclip, result.precision, result.recall)
         pairs.clear()
+
+
+# ------------------------------------------------------------------ released TCM post-processing (issue #15 item 6)
+
+
+def l_shaped_map() -> np.ndarray:
+    """(1, 140, 160) logits: P = 0.9 on an L (bar x 20..119 y 20..39, leg x 20..39 y 40..99), 0.1 elsewhere."""
+    p = np.full((140, 160), 0.1, np.float32)
+    p[20:40, 20:120] = 0.9
+    p[40:100, 20:40] = 0.9
+    return np.log(p / (1 - p))[None]  # logits
+
+
+# the L's contour corners (pixel centres): area 99*19 + 19*60 = 3021, perimeter 79+19+60+80+19+99 = 356
+L_AREA, L_PERIMETER = 3021.0, 356.0
+
+
+def test_released_path_scores_inside_the_polygon_and_unclips_it_before_the_rectangle():
+    cfg = replace(CFG, postprocess="tcm", box_thresh=0.6, unclip_ratio=1.5, min_text_width=2, poly_epsilon_ratio=0.001)
+    [det] = DBCodec(cfg).decode({"prob_logits": l_shaped_map()})
+    assert det.score == pytest.approx(0.9, abs=1e-5)  # every pixel of the filled contour is on the L
+    d = L_AREA * 1.5 / L_PERIMETER  # 12.73: D' of the L itself
+    # minAreaRect of the L grown by d (round joins, integer offsets): the axis-aligned box, d beyond the corners
+    np.testing.assert_allclose(det.points, rect(20 - d, 20 - d, 119 + d, 99 + d), atol=1.0)
+    # DB's path scores the L's bounding rectangle: (3200 x 0.9 + 4800 x 0.1) / 8000 = 0.42 < box_thresh 0.6
+    assert DBCodec(replace(cfg, postprocess="db")).decode({"prob_logits": l_shaped_map()}) == []
+
+
+def test_released_path_min_width_is_checked_after_unclip():
+    cfg = replace(CFG, postprocess="tcm", box_thresh=0.5, unclip_ratio=1.5, poly_epsilon_ratio=0.001)
+    short = 79 + 2 * L_AREA * 1.5 / L_PERIMETER  # 104.5: the grown L's short side
+    assert len(DBCodec(replace(cfg, min_text_width=short - 1.5)).decode({"prob_logits": l_shaped_map()})) == 1
+    assert DBCodec(replace(cfg, min_text_width=short + 1.5)).decode({"prob_logits": l_shaped_map()}) == []
+
+
+def test_released_poly_path_returns_the_unclipped_polygon():
+    cfg = replace(CFG, postprocess="tcm", mode="poly", box_thresh=0.5, poly_unclip_ratio=2.0, poly_epsilon_ratio=0.0)
+    [det] = DBCodec(cfg).decode({"prob_logits": l_shaped_map()})
+    corners = np.array([[20, 20], [20, 99], [39, 99], [39, 39], [119, 39], [119, 20]], np.float64)
+    expected = shapely.Polygon(corners).buffer(L_AREA * 2.0 / L_PERIMETER)  # round joins, as pyclipper's
+    got = shapely.Polygon(det.points)
+    assert is_clockwise(det.points)
+    assert got.symmetric_difference(expected).area < 0.02 * expected.area  # the L's shape, not a rectangle
+    assert got.area < 0.85 * got.minimum_rotated_rectangle.area

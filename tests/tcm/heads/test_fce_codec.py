@@ -156,10 +156,8 @@ def test_encode_maps_shapes_and_fourier_offsets():
             t[f"level_s{s}"].shape == (4 * K + 5, CANVAS // s, 480 // s)
             and t[f"level_s{s}"].dtype == np.float32
         )
-    assert t["aux_text"].shape == t["aux_mask"].shape == (CANVAS, 480)
-    area = shapely.Polygon(word).area
-    assert abs(t["aux_text"].sum() - area) < 0.05 * area  # full-resolution text region of the care word only
-    assert t["aux_mask"][60, 420] == 0 and t["aux_text"][60, 420] == 0  # don't care: masked, not text
+    assert t["aux_text"].shape == t["aux_mask"].shape == (CANVAS // 32, 480 // 32)  # the score map's grid
+    assert t["aux_mask"][60 // 32, 420 // 32] == 0 and t["aux_text"][60 // 32, 420 // 32] == 0  # don't care
     level = t["level_s8"]
     tr, tcl, mask = level[0], level[1], level[2]
     assert mask[60 // 8, 420 // 8] == 0 and tr[60 // 8, 420 // 8] == 0 and mask.sum() > mask.size * 0.9
@@ -295,3 +293,19 @@ def test_ic15_fixture_round_trip_hmean():
         t = codec.encode([i.points for i in instances], [i.ignore for i in instances], H, W)
         pairs.append((instances, codec.decode(codec.targets_as_outputs(t))))
     assert evaluate(pairs).hmean >= 0.95
+
+
+def test_matching_target_is_the_released_1_32_text_region_map():
+    """Released FCENetCLIPTargets: a fourth level at stride 32 with every polygon of proportion (0, 1), filled
+    from int-cast coordinates (cv2 fills the boundary cells too); ignored polygons zero the mask."""
+    codec = FCECodec(FCEHeadConfig())
+    word = rect(64, 32, 192, 96)  # cells x 2..6, y 1..3
+    ignored = rect(200, 0, 250, 20)  # cells x 6..7, y 0
+    too_big = rect(0, 0, 250, 300)  # taller than the image: proportion > 1, on no level
+    t = codec.encode([word, ignored, too_big], [False, True, False], 256, 256)
+    expected_text = np.zeros((8, 8), np.float32)
+    expected_text[1:4, 2:7] = 1
+    expected_mask = np.ones((8, 8), np.float32)
+    expected_mask[0, 6:8] = 0
+    np.testing.assert_array_equal(t["aux_text"], expected_text)
+    np.testing.assert_array_equal(t["aux_mask"], expected_mask)

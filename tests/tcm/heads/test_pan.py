@@ -4,8 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from tcm.config import PANHeadConfig
-from tcm.heads.pan import PANHead, embedding_loss_single, ohem_text_mask
+from tcm.heads.pan import PANHead, embedding_loss_single
 from tcm.heads.pan_codec import PANCodec
+from tcm.losses import ohem_text_mask
 
 IN_CHANNELS = [32, 64, 128, 257]  # tiny C2..C5 with the +1 TCM score map on C5
 CFG = PANHeadConfig(neck_channels=16)

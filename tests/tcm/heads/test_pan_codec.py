@@ -38,9 +38,20 @@ def test_encode_instance_maps_and_kernel_distance():
     assert d == pytest.approx(2400 * 0.75 / 220)
     np.testing.assert_allclose(box_of(out["gt_kernel"] == 1), [20 + d, 20 + d, 100 - d, 50 - d], atol=1)
     np.testing.assert_allclose(box_of(out["gt_kernel"] == 2), [40, 100, 360, 260], atol=1)  # capped at 20
-    np.testing.assert_array_equal(out["aux_text"], out["gt_kernel"] > 0)
     np.testing.assert_array_equal(out["aux_mask"], out["gt_mask"])
     assert out["gt_mask"].min() == 1
+
+
+def test_matching_target_is_the_full_text_region_as_released():
+    """Released PANIdentityHead trains against gt_kernels[0], the shrink-1.0 kernel: the whole text region, not
+    the shrunk kernel the head's kernel branch learns."""
+    word, ignored = rect(20, 20, 100, 50), rect(20, 70, 100, 100)
+    out = PANCodec(CFG).encode([word, ignored], [False, True], 120, 120)
+    expected = np.zeros((120, 120), np.float32)
+    expected[20:51, 20:101] = 1  # cv2 fills the boundary pixels too
+    np.testing.assert_array_equal(out["aux_text"], expected)
+    assert out["gt_kernel"].sum() < 0.7 * expected.sum()  # the kernel is the shrunk one
+    assert out["aux_mask"][85, 50] == 0 and out["aux_mask"][35, 50] == 1
 
 
 def test_ignored_polygon_is_masked_and_left_out_of_the_index_maps():
