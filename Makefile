@@ -46,12 +46,13 @@ bench: setup
 	$(BIN)/python benchmarks/eval_speed.py
 	$(BIN)/python benchmarks/model_step.py
 
-# A real local stack on loopback: Ray head + 2 workers, S3 (moto), MLflow server. Safe to run twice.
+# A real local stack on loopback: Ray head + 2 workers, S3 (moto), MLflow server. Safe to run twice. Buckets and
+# MLflow store survive stack-down + stack-up together; `make stack-down WIPE=1` forgets both.
 stack-up: setup
 	$(BIN)/python -m infra.local.stack up
 
 stack-down: setup
-	$(BIN)/python -m infra.local.stack down
+	$(BIN)/python -m infra.local.stack down $(if $(WIPE),--wipe)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

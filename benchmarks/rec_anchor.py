@@ -59,7 +59,9 @@ def main() -> None:
         raise SystemExit(f"fixture not found at {FIXTURE} (only on project machines and CI)")
     from rapidocr_onnxruntime import RapidOCR
 
-    from tcm.recognition import RecognizerConfig, build_recognizer, preprocess
+    from tcm.recognition.build import build_recognizer
+    from tcm.recognition.config import RecognizerConfig
+    from tcm.recognition.preprocess import preprocess
 
     torch.set_num_threads(1)
     crops = fixture_crops()

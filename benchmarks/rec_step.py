@@ -24,7 +24,10 @@ from pathlib import Path
 
 import torch
 
-from tcm.recognition import CLIP4STR, RecognizerConfig, build_recognizer, param_groups
+from tcm.recognition.build import build_recognizer
+from tcm.recognition.config import RecognizerConfig
+from tcm.recognition.model import CLIP4STR
+from tcm.recognition.optim import param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"

@@ -16,7 +16,6 @@ import typer
 from pipelines import storage
 from pipelines.ingest import plan_pairs, read_rows
 from pipelines.sources import open_source
-from tcm.build import build_codec
 from tcm.config import DBHeadConfig, FCEHeadConfig, HeadConfig, PANHeadConfig
 from tcm.evaluation import evaluate
 from tcm.geometry import rect_short_side
@@ -48,6 +47,8 @@ def _instances(row: dict) -> list[Instance]:
 
 def check_targets(kind: str, fmt: str, src: str, mode: str | None = None) -> dict:
     """Round-trip every image of a dataset through the head's codec. Returns ICDAR IoU scores."""
+    from tcm.build import build_codec
+
     cfg = head_config(kind, mode)
     codec = build_codec(cfg)
     source = open_source([src])

@@ -1,16 +1,98 @@
-"""`tcm`: one command-line entry point for every stage. Each command lives in its stage's module."""
+"""`tcm`: one command-line entry point for every stage. Each command lives in its stage's module.
+
+A command's module is imported only when that command runs or its own `--help` is asked for: `tcm --help`
+lists the commands from their docstrings (read with `ast`, nothing imported), so the CLI answers at once and
+torch, Ray, open_clip and MLflow load only for the command that needs them (tests/pipelines/test_cli.py).
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+# name: (module, function) of every command defined in its stage's module, in the order `tcm --help` lists them
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipelines.demo", "demo_command"),
+    "train": ("pipelines.train", "train_command"),
+    "tune": ("pipelines.tune", "tune_command"),
+    "evaluate": ("pipelines.evaluate", "evaluate_command"),
+    "predict": ("pipelines.predict", "predict_command"),
+    "recognize": ("pipelines.recognize", "recognize_command"),
+    "check-targets": ("pipelines.check_targets", "check_targets_command"),
+    "score": ("pipelines.score", "score_command"),
+    "export": ("pipelines.export", "export_command"),
+    "submit": ("pipelines.submit", "submit_command"),
+    "retrain": ("pipelines.retrain", "retrain_command"),
+    "cross-eval": ("pipelines.cross_eval", "cross_eval_command"),
+}
+
+
+@functools.cache
+def _docstring(module: str, function: str) -> str:
+    """A command function's docstring read from its module's source without importing the module."""
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == function:
+            return ast.get_docstring(node) or ""
+    return ""
+
+
+class LazyGroup(TyperGroup):
+    """Typer's group with the commands of `lazy` resolved on demand (see the module docstring)."""
+
+    lazy: dict[str, tuple[str, str]] = LAZY_COMMANDS
+    _listing = False  # True while the group's own help is written: placeholders carry the summaries
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        """Commands defined here, then the stage commands, then sub-groups (`pipeline`)."""
+        plain = [n for n, c in self.commands.items() if not isinstance(c, TyperGroup)]
+        groups = [n for n, c in self.commands.items() if isinstance(c, TyperGroup)]
+        return [*plain, *self.lazy, *groups]
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
+        if cmd_name in self.commands or cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module, function = self.lazy[cmd_name]
+        if self._listing:
+            return typer.core.TyperCommand(cmd_name, help=_docstring(module, function))
+        return _load(cmd_name, module, function, self.rich_markup_mode)
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+class LazyPipelineGroup(LazyGroup):
+    lazy = {"run": ("pipelines.workflow", "pipeline_run_command")}
+
+
+@functools.cache
+def _load(name: str, module: str, function: str, markup: typer.core.MarkupMode) -> Any:
+    """The real command: its stage module imported now."""
+    from typer.main import get_command_from_info
+    from typer.models import CommandInfo
+
+    callback = getattr(importlib.import_module(module), function)
+    return get_command_from_info(CommandInfo(name=name, callback=callback), pretty_exceptions_short=True, rich_markup_mode=markup)
+
 
 app = typer.Typer(
     name="tcm",
-    help="Train, sweep, evaluate and ship TCM scene-text detectors on Ray + MLflow.",
+    cls=LazyGroup,
+    help="Train, sweep, evaluate and ship TCM scene-text detectors and CLIP4STR recognisers on Ray + MLflow.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -129,34 +211,11 @@ def _ingest_words(fmt: str, src: list[str], dst: str, split: str, dataset, rows_
             return words.build_crops(src[0], dst, **opts)
 
 
-from pipelines.check_targets import check_targets_command  # noqa: E402  (commands register below the app)
-from pipelines.cross_eval import cross_eval_command  # noqa: E402
-from pipelines.demo import demo_command  # noqa: E402
-from pipelines.evaluate import evaluate_command  # noqa: E402
-from pipelines.export import export_command  # noqa: E402
-from pipelines.predict import predict_command  # noqa: E402
-from pipelines.recognize import recognize_command  # noqa: E402
-from pipelines.retrain import retrain_command  # noqa: E402
-from pipelines.score import score_command  # noqa: E402
-from pipelines.submit import submit_command  # noqa: E402
-from pipelines.train import train_command  # noqa: E402
-from pipelines.tune import tune_command  # noqa: E402
-from pipelines.workflow import pipeline_run_command  # noqa: E402
-
-app.command("demo")(demo_command)
-app.command("train")(train_command)
-app.command("tune")(tune_command)
-app.command("evaluate")(evaluate_command)
-app.command("predict")(predict_command)
-app.command("recognize")(recognize_command)
-app.command("check-targets")(check_targets_command)
-app.command("score")(score_command)
-app.command("export")(export_command)
-app.command("submit")(submit_command)
-app.command("retrain")(retrain_command)
-app.command("cross-eval")(cross_eval_command)
-pipeline_app = typer.Typer(help="Workflows: the stages of a YAML run as one Ray job, resumable stage by stage.")
-pipeline_app.command("run")(pipeline_run_command)
+pipeline_app = typer.Typer(
+    cls=LazyPipelineGroup,
+    help="Workflows: the stages of a YAML run as one Ray job, resumable stage by stage.",
+    no_args_is_help=True,
+)
 app.add_typer(pipeline_app, name="pipeline")
 
 

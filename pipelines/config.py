@@ -236,6 +236,11 @@ class MlflowConfig(Strict):
     artifact_location: str | None = None  # None: beside the checkpoints (<storage_path>/mlflow-artifacts)
     registered_model: str | None = "tcm-detector"  # None = log the model but don't register it
     alias: str = "champion"  # registry alias set on the version this run registers
+    # the alias (and retrain's `champion`) only for a model whose validation / benchmark hmean reaches this: a
+    # detector that learned nothing (random init, a few steps) scores 0.0 (one frame-sized box or none per
+    # image); 0.05 is far below any real detector (TCM-DB IC15 ~0.88, the tiny demo 0.8) and above noise. A
+    # recogniser's floor is on its validation word accuracy (val/accuracy): a random one reads 0.0
+    promote_min_hmean: float = Field(0.05, ge=0, le=1)
     log_model: bool = True  # mlflow.pytorch.log_model at the end of training
 
     def resolved_tracking_uri(self) -> str:
@@ -249,6 +254,7 @@ class SweepConfig(Strict):
     image_encoder_lr_factor: tuple[float, float] = (0.01, 1.0)  # log-uniform range around TCM's 0.1
     text_encoder_lr_factor: list[float] = Field(default_factory=lambda: [0.0, 0.01, 0.1])  # 0 = frozen (TCM)
     lr: tuple[float, float] = (3e-5, 3e-4)  # log-uniform range around TCM's 1e-4
+    aux_loss_weight: list[float] = Field(default_factory=lambda: [1.0])  # the paper's lambda; list more to study it
     grace_period: int = Field(1, gt=0)  # ASHA: epochs before a trial can be stopped
     reduction_factor: int = Field(2, gt=1)  # ASHA: keep the top 1/2 at each rung (few trials)
     driver_cpus: float = Field(0.25, ge=0)  # a trial's driver only drives its TorchTrainer

@@ -33,7 +33,7 @@ from typing import Any
 import typer
 from pydantic import Field, ValidationError, model_validator
 
-from pipelines import registry
+from pipelines import registry, tracking
 from pipelines.config import ConfigError, DatasetRef, ExperimentConfig, load_config
 from pipelines.workflow import (
     Strict,
@@ -122,7 +122,9 @@ def run_cross_eval(cfg: CrossEvalConfig, *, echo: Callable[[str], None] = print)
         exp_cfg = load_config(cfg.config).with_overrides({**cfg.set, **overrides}, "cross-eval set")
     experiment_id = registry.ensure_experiment(tracking_uri, cfg.mlflow.experiment, cfg.mlflow.artifact_location)
     client = MlflowClient(tracking_uri)
-    run_id = client.create_run(experiment_id, run_name=cfg.name, tags={"tcm.kind": "cross-eval"}).info.run_id
+    tags = {**tracking.source_tags(), "tcm.kind": "cross-eval"}
+    run_id = client.create_run(experiment_id, run_name=cfg.name, tags=tags).info.run_id
+    tracking.log_datasets(tracking_uri, run_id, cfg.datasets)
     logger = registry.RunLogger(tracking_uri, run_id)
     logger.params({f"model.{m.label}": m.uri for m in cfg.models})
     logger.params({f"data.{d.label}": f"{d.uri}#{d.split}" for d in cfg.datasets})
@@ -145,7 +147,7 @@ def run_cross_eval(cfg: CrossEvalConfig, *, echo: Callable[[str], None] = print)
                     registry.RunLogger(tracking_uri, out.mlflow_run_id).tags({registry.PARENT_TAG: run_id})
                 cells.append({
                     "model": m.label, "dataset": d.label, "eval_run_id": out.mlflow_run_id,
-                    **{k: float(out.metrics[k]) for k in ("hmean", "precision", "recall")},
+                    **{k: float(out.metrics[f"test/{k}"]) for k in ("hmean", "precision", "recall")},
                 })  # fmt: skip
         rows, cols = [m.label for m in cfg.models], [d.label for d in cfg.datasets]
         hmean = [[c["hmean"] for c in cells[i * len(cols) : (i + 1) * len(cols)]] for i in range(len(rows))]
@@ -166,7 +168,7 @@ def metric_key(label: str) -> str:
 def _log_matrix(
     logger: registry.RunLogger, rows: list[str], cols: list[str], hmean: list[list[float]], cells: list[dict[str, Any]]
 ) -> None:
-    logger.metrics({f"hmean/{metric_key(c['model'])}/{metric_key(c['dataset'])}": c["hmean"] for c in cells}, step=0)
+    logger.metrics({f"test/hmean/{metric_key(c['model'])}/{metric_key(c['dataset'])}": c["hmean"] for c in cells}, step=0)
     table = {"model": rows, **{col: [hmean[i][j] for i in range(len(rows))] for j, col in enumerate(cols)}}
     logger.client.log_table(logger.run_id, data=table, artifact_file=f"{ARTIFACT_DIR}/hmean.json")
     logger.client.log_table(

@@ -4,26 +4,29 @@
     -> ingest them and the ICDAR 2015 fixture (../shared/fixtures/icdar2015) into Parquet shards
     -> train tiny TCM-DB on 2 Ray Train workers (checkpoints under the working folder, MLflow in sqlite)
     -> evaluate on the held-out synthetic split and the IC15 fixture (Ray Data actor pool)
-    -> a two-trial sweep (Ray Tune + ASHA, MLflow parent + child runs)
+    -> a sweep that fine-tunes the model just trained (train.init_from) over the prompt count, the image-encoder
+       LR factor and the auxiliary-loss weight (Ray Tune + ASHA on val/hmean; MLflow parent + child runs, the
+       parent holding a comparison table and a parallel-coordinates plot)
     -> a table, `demo_summary.json`, and the `mlflow ui` command to look at it all
 
-Everything lands in the working folder (default `demo-work/`); running it again resumes the same runs.
+Everything lands in the working folder (default `demo-work/`); running it again resumes the same runs. The
+console shows one line per stage; Ray's own output goes to `demo.log` there (`--verbose`: to the console).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import sys
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import typer
 
 from pipelines.config import DatasetRef, ExperimentConfig, load_config
+from pipelines.console import Console, quiet_console
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "jobs" / "configs" / "tiny_cpu.yaml"
@@ -45,27 +48,16 @@ class DemoPlan:
     epochs: int = 12  # 768 steps of 8: tiny TCM-DB from random weights passes hmean 0.8 at ~700
     val_every: int = 4  # epochs: each validation pass costs a few seconds of the budget
     sweep: bool = True
-    sweep_epochs: int = 2  # each sweep trial is a short run: the sweep shows the machinery, not a search
-    sweep_steps: int = 16  # optimiser steps per sweep epoch (ASHA still sees one validation per epoch)
+    # the sweep fine-tunes the trained model: each trial a short run from weights that already score ~0.8, so
+    # the trials' validation hmeans differ by what they change (a new prompt count re-initialises the contexts)
+    sweep_trials: int = 4  # ASHA stops the weaker half at the first rung: ~3 full trials' time
+    sweep_epochs: int = 2  # one ASHA rung (grace period 1) before the last epoch
+    sweep_steps: int = 24  # optimiser steps per sweep epoch, a validation after each
     seed: int = 0
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def say(message: str) -> None:
-    typer.echo(f"[demo] {message}")
-
-
-@contextlib.contextmanager
-def _timed(plan: DemoPlan, name: str) -> Iterator[None]:
-    """Announce a stage, time it into plan.timings, and say how long it took."""
-    say(f"{name} ...")
-    start = time.perf_counter()
-    yield
-    plan.timings[name] = round(time.perf_counter() - start, 1)
-    say(f"{name}: done in {plan.timings[name]:.0f} s")
-
-
-def prepare_data(plan: DemoPlan) -> dict[str, DatasetRef | None]:
+def prepare_data(plan: DemoPlan, note=print) -> dict[str, DatasetRef | None]:
     """Synthesise and ingest the training set and held-out split; ingest the IC15 fixture when present."""
     from pipelines.ingest import ingest
     from tcm.data.synth import write_dataset
@@ -75,15 +67,15 @@ def prepare_data(plan: DemoPlan) -> dict[str, DatasetRef | None]:
     for split, n in (("train", plan.train_images), ("val", plan.val_images)):
         if not (data / "synth" / "manifest.json").is_file() or split not in _splits(data / "synth"):
             write_dataset(SYNTH_FORMAT, raw / "synth", n=n, seed=plan.seed, split=split, height=SYNTH_SIZE, width=SYNTH_SIZE)
-            ingest(SYNTH_FORMAT, str(raw / "synth" / split), str(data / "synth"), split, dataset="synth", progress=say)
+            ingest(SYNTH_FORMAT, str(raw / "synth" / split), str(data / "synth"), split, dataset="synth", progress=note)
         refs[split] = DatasetRef(uri=str(data / "synth"), split=split)
     refs["ic15"] = None
     if IC15_FIXTURE.is_dir():
         if "test" not in _splits(data / "ic15"):
-            ingest("icdar2015", str(IC15_FIXTURE), str(data / "ic15"), "test", progress=say)
+            ingest("icdar2015", str(IC15_FIXTURE), str(data / "ic15"), "test", progress=note)
         refs["ic15"] = DatasetRef(uri=str(data / "ic15"), split="test")
     else:
-        say(f"IC15 fixture not found at {IC15_FIXTURE}: skipping the real-data evaluation")
+        note(f"IC15 fixture not found at {IC15_FIXTURE}: skipping the real-data evaluation")
     return refs
 
 
@@ -124,26 +116,88 @@ def demo_config(plan: DemoPlan, refs: dict[str, DatasetRef | None]) -> Experimen
     )
 
 
-def run_demo(plan: DemoPlan) -> dict:
-    import ray
+def _free_port() -> int:
+    import socket
 
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def sweep_config(cfg: ExperimentConfig, plan: DemoPlan, init_from: str) -> ExperimentConfig:
+    """The demo sweep: short fine-tuning runs from the model just trained, one at a time."""
+    return cfg.with_overrides(
+        {
+            "name": "demo-sweep",
+            "train.init_from": init_from,
+            "train.epochs": plan.sweep_epochs,
+            "train.val_every": 1,  # ASHA ranks trials by a validation at every rung
+            "train.checkpoint_every": plan.sweep_epochs,
+            "train.num_workers": 1,
+            "train.num_overlays": 0,
+            "train.steps_per_epoch": plan.sweep_steps,
+            # one trial at a time: driver (0.1) + trainer worker (1 CPU) + augmentation (0.5) fit in 2 CPUs.
+            # Both at once on half-core workers: 383 s vs 188 s for the sweep on a loaded 2-core machine,
+            # 131 s vs 147 s on an idle one; too little to gain for the risk
+            "data.cpus_per_task": 0.5,
+            "tune.num_samples": plan.sweep_trials,
+            "tune.num_prompts": [4, 8],  # 4 = the trained model's; 8 re-initialises the contexts
+            "tune.image_encoder_lr_factor": [0.1, 1.0],  # log-uniform: TCM's 0.1 up to the from-scratch 1.0
+            "tune.text_encoder_lr_factor": [0.0],  # frozen, as trained above
+            "tune.aux_loss_weight": [0.5, 1.0, 2.0],  # around the paper's lambda = 1
+            "tune.lr": [1.0e-3, 1.0e-3],  # fine-tuning: a third of the from-scratch 3e-3, poly-decayed per trial
+            "tune.grace_period": 1,
+            "tune.reduction_factor": 2,
+            "mlflow.alias": "sweep-best",  # `champion` stays on the model trained above
+        }
+    )
+
+
+def run_demo(plan: DemoPlan, console: Console | None = None) -> dict:
+    import ray
+    import ray.data
+
+    from pipelines import registry, tracking
     from pipelines.evaluate import run_evaluation
     from pipelines.train import run_training
     from pipelines.tune import run_sweep
 
+    console = console or Console(sys.stdout)
     plan.workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     # Ray Train's preemption watcher polls for draining nodes from one more actor process per training run; one
-    # machine has nothing to drain, and on 2 cores each process start costs seconds (3 training runs here)
+    # machine has nothing to drain, and on 2 cores each process start costs seconds (one per training run here)
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if not ray.is_initialized():
-        # a private local instance sized to this machine: never attach to a cluster someone else started here
-        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 2), include_dashboard=False)
-    with _timed(plan, "data: synthesise + ingest"):
+        # a private local instance sized to this machine: never attach to a cluster someone else started here.
+        # With its dashboard, on a port we pick and name to every process: when ASHA stops a trial, Ray Train's
+        # placement-group cleaner asks the state API (the dashboard) whether the trial's controller died and
+        # frees its CPU. Without it (or when it finds another Ray instance on the machine first) the stopped
+        # trial's worker CPU stays reserved and the next trial waits for it forever.
+        port = _free_port()
+        ray.init(
+            address="local",
+            num_cpus=max(2, os.cpu_count() or 2),
+            include_dashboard=True,
+            dashboard_port=port,
+            runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+        )
+    if console.log is not None:
+        ray.data.DataContext.get_current().enable_progress_bars = False  # redrawn bars would fill the log
+
+    def stage(title: str, poll=None):
+        return console.stage(f"[demo] {title}", poll)
+
+    with stage("data: synthesise + ingest") as t:
         refs = prepare_data(plan)
+    plan.timings["data"] = t["elapsed_s"]
     cfg = demo_config(plan, refs)
-    with _timed(plan, f"train tiny TCM-DB, {cfg.train.num_workers} workers x {cfg.train.epochs} epochs"):
+    tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.resolved_tracking_uri())
+    key = registry.run_key(cfg.name, cfg.train.storage_path)
+    progress = tracking.training_progress(tracking_uri, cfg.mlflow.experiment, key, cfg.train.epochs)
+    with stage(f"train tiny TCM-DB, {cfg.train.num_workers} worker x {cfg.train.epochs} epochs", progress) as t:
         trained = run_training(cfg)
+    plan.timings["train"] = t["elapsed_s"]
     model_uri = f"models:/{cfg.mlflow.registered_model}/{trained.model_version}" if trained.model_version else trained.checkpoint
     results: dict[str, dict] = {}
     # the held-out split at VAL_SIZE; the IC15 fixture (1280x720) at short side 736 on a 1280 canvas
@@ -154,7 +208,7 @@ def run_demo(plan: DemoPlan) -> dict:
     ):
         if ref is None:
             continue
-        with _timed(plan, f"evaluate on {name}"):
+        with stage(f"evaluate on {name}") as t:
             outcome = run_evaluation(
                 model_uri,
                 [ref],
@@ -164,66 +218,63 @@ def run_demo(plan: DemoPlan) -> dict:
                 run_name=f"evaluate {name}",
                 parent_run_id=trained.run_id,
             )
+        plan.timings[f"evaluate {name}"] = t["elapsed_s"]
         results[name] = outcome.metrics
     sweep = None
     if plan.sweep:
-        sweep_cfg = cfg.with_overrides(
-            {
-                "name": "demo-sweep",
-                "train.epochs": plan.sweep_epochs,
-                "train.num_workers": 1,
-                "train.num_overlays": 0,
-                "train.steps_per_epoch": plan.sweep_steps,
-                # one trial at a time: driver (0.1) + trainer worker (1 CPU) + augmentation (0.5) fit in 2 CPUs.
-                # Both at once on half-core workers: 383 s vs 188 s for the sweep on a loaded 2-core machine,
-                # 131 s vs 147 s on an idle one; too little to gain for the risk
-                "data.cpus_per_task": 0.5,
-                "tune.num_samples": 2,
-                "mlflow.alias": "sweep-best",  # `champion` stays on the model trained above
-            }
-        )
-        with _timed(plan, "sweep: 2 trials over prompts and learning-rate factors (Ray Tune, ASHA)"):
-            sweep = run_sweep(sweep_cfg)
+        sweep_cfg = sweep_config(cfg, plan, model_uri)
+        sweep_key = registry.run_key(f"sweep:{sweep_cfg.name}", sweep_cfg.train.storage_path)
+        progress = tracking.sweep_progress(tracking_uri, sweep_cfg.mlflow.experiment, sweep_key, plan.sweep_trials)
+        title = f"sweep: {plan.sweep_trials} fine-tuning trials over prompts, image LR factor, aux weight (Tune, ASHA)"
+        with stage(title, progress) as t:
+            sweep = run_sweep(sweep_cfg, quiet=console.log is not None)
+        plan.timings["sweep"] = t["elapsed_s"]
+    held_out = results["synthetic held-out"]
     summary = {
-        "hmean": results["synthetic held-out"]["hmean"],
-        "precision": results["synthetic held-out"]["precision"],
-        "recall": results["synthetic held-out"]["recall"],
-        "ic15_hmean": results.get("ICDAR 2015 fixture", {}).get("hmean"),
+        "test/hmean": held_out["test/hmean"],
+        "test/precision": held_out["test/precision"],
+        "test/recall": held_out["test/recall"],
+        "ic15/test/hmean": results.get("ICDAR 2015 fixture", {}).get("test/hmean"),
         "mlflow_run_id": trained.run_id,
         "tracking_uri": trained.tracking_uri,
         "model_uri": model_uri,
         "checkpoint": trained.checkpoint,
         "sweep_parent_run_id": sweep.parent_run_id if sweep else None,
-        "sweep_best_val_hmean": sweep.best.val_hmean if sweep and sweep.best else None,
+        "sweep/val/hmean": {t.trial_id: t.val_hmean for t in sweep.trials} if sweep else None,
+        "sweep/best/val/hmean": sweep.best.val_hmean if sweep and sweep.best else None,
+        "log": str(console.log) if console.log else None,
         "timings_s": {**plan.timings, "total": round(time.perf_counter() - started, 1)},
     }
     (plan.workdir / "demo_summary.json").write_text(json.dumps(summary, indent=2))
-    _print_table(summary, results, sweep, plan)
+    _print_table(summary, results, sweep, plan, console)
     return summary
 
 
-def _print_table(summary: dict, results: dict[str, dict], sweep, plan: DemoPlan) -> None:
-    typer.echo("")
-    typer.echo(f"{'evaluation':<24} {'images':>6} {'precision':>9} {'recall':>7} {'hmean':>7}")
+def _print_table(summary: dict, results: dict[str, dict], sweep, plan: DemoPlan, console: Console) -> None:
+    from pipelines.tune import trial_table
+
+    say = console.say
+    say("")
+    say(f"{'evaluation':<24} {'images':>6} {'precision':>9} {'recall':>7} {'hmean':>7}")
     for name, m in results.items():
-        typer.echo(f"{name:<24} {int(m['images']):>6} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['hmean']:>7.3f}")
-    if sweep is not None:
-        typer.echo("")
-        typer.echo(f"{'sweep trial':<24} {'prompts':>7} {'img lr x':>9} {'txt lr x':>9} {'val hmean':>9}")
-        for t in sweep.trials:
-            p = t.params
-            typer.echo(
-                f"{t.trial_id:<24} {p['num_prompts']:>7} {p['image_encoder_lr_factor']:>9.3g} "
-                f"{p['text_encoder_lr_factor']:>9.3g} {t.val_hmean:>9.3f}"
-            )
-        typer.echo(
-            f"(each trial: {plan.sweep_epochs} x {plan.sweep_steps} steps from random weights, far from the "
-            f"{plan.epochs} epochs above: it shows Tune, ASHA and the MLflow parent/child runs, not a search)"
+        say(
+            f"{name:<24} {int(m['test/images']):>6} {m['test/precision']:>9.3f} {m['test/recall']:>7.3f} "
+            f"{m['test/hmean']:>7.3f}"
         )
-    typer.echo("")
-    typer.echo(f"demo finished in {summary['timings_s']['total']:.0f} s; summary: {plan.workdir / 'demo_summary.json'}")
-    typer.echo(f"MLflow run {summary['mlflow_run_id']}; look at everything with:")
-    typer.echo(f"  .venv/bin/mlflow ui --backend-store-uri {summary['tracking_uri']}")
+    if sweep is not None:
+        say("")
+        for line in trial_table(sweep.trials):
+            say(line)
+        say(
+            f"(each trial: {plan.sweep_epochs} x {plan.sweep_steps} steps fine-tuning the model above; ASHA stops "
+            "the weaker ones after epoch 1; the parent run holds comparison/parallel_coordinates.png)"
+        )
+    say("")
+    say(f"demo finished in {summary['timings_s']['total']:.0f} s; summary: {plan.workdir / 'demo_summary.json'}")
+    if summary["log"]:
+        say(f"Ray's output: {summary['log']} (--verbose shows it here)")
+    say(f"MLflow run {summary['mlflow_run_id']}; look at everything with:")
+    say(f"  .venv/bin/mlflow ui --backend-store-uri {summary['tracking_uri']}")
 
 
 def demo_command(
@@ -231,11 +282,12 @@ def demo_command(
     train_images: int = typer.Option(512, "--train-images", min=8, help="Synthetic training images to generate."),
     val_images: int = typer.Option(48, "--val-images", min=4, help="Held-out synthetic images to evaluate on."),
     epochs: int = typer.Option(12, "--epochs", min=1, help="Training epochs of tiny TCM-DB."),
-    no_sweep: bool = typer.Option(False, "--no-sweep", help="Skip the two-trial Ray Tune sweep."),
+    no_sweep: bool = typer.Option(False, "--no-sweep", help="Skip the fine-tuning sweep (Ray Tune, ASHA)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own logs and progress bars (default: WORKDIR/demo.log)."),
 ) -> None:
     """Run the whole pipeline on this machine: synthesise, ingest, train, evaluate, sweep; MLflow in sqlite."""
     plan = DemoPlan(workdir.resolve(), train_images=train_images, val_images=val_images, epochs=epochs, sweep=not no_sweep)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_console(None if verbose else plan.workdir / "demo.log") as console:
         warnings.filterwarnings("ignore", message="No CLIP weights given")  # said once below instead
-        say("tiny TCM-DB starts from random weights (no CLIP weights offline): the demo shows the machinery")
-        run_demo(plan)
+        console.say("[demo] tiny TCM-DB starts from random weights (no CLIP weights offline): the demo shows the machinery")
+        run_demo(plan, console)

@@ -16,15 +16,17 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import typer
 
-from pipelines import registry
+from pipelines import registry, tracking
 from pipelines.config import ConfigError, DatasetRef, ExperimentConfig, MlflowConfig, load_config
 from tcm.types import Detection, Instance
+
+if TYPE_CHECKING:  # torch is imported where used: `tcm --help` loads this module
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,6 @@ def _scales(batch: Mapping[str, Any], B: int) -> list[tuple[float, float]]:
     return [(float(s[0]), float(s[-1])) for s in scale]
 
 
-@torch.inference_mode()
 def decode_batch(
     model: torch.nn.Module,
     codec: Any,
@@ -74,7 +75,10 @@ def decode_batch(
 
     `sizes` (width, height) of the original images clip the polygons to them: the /32 padding beyond the
     image scales to coordinates past its edge."""
-    outputs = model(images)
+    import torch
+
+    with torch.inference_mode():
+        outputs = model(images)
     B = images.shape[0]
     per_image = []
     for i in range(B):
@@ -107,6 +111,8 @@ def predict_eval_batch(
     model: torch.nn.Module, codec: Any, batch: Mapping[str, Any], sel: Sequence[int], device: torch.device
 ) -> list[list[Detection]]:
     """Detections of the rows `sel` of a numpy batch of eval rows, one forward pass per image size."""
+    import torch
+
     images = [np.asarray(batch["image"][i], dtype=np.float32) for i in sel]  # each (3, H_i, W_i) normalised
     scales = _scales({"scale": np.asarray(batch["scale"])[list(sel)]}, len(sel))
     sizes = _sizes(batch, sel)
@@ -130,6 +136,7 @@ def predict_rows(
     keep: Callable[[str], bool] = lambda _id: True,
 ) -> list[PredRow]:
     """Predict the rows of a Ray Data iterator/dataset selected by `keep(id)` (a validation slice)."""
+
     was_training = model.training
     model.eval()
     rows: list[PredRow] = []
@@ -250,6 +257,8 @@ class Predictor:
     """Ray Data actor: loads the model once, predicts and decodes batches of eval rows."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None, use_gpu: bool):
+        import torch
+
         from tcm.build import build_codec
 
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
@@ -258,6 +267,7 @@ class Predictor:
         self.codec = build_codec(loaded.detector.head)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+
         ids = [str(i) for i in batch["id"]]
         dets = predict_eval_batch(self.model, self.codec, batch, range(len(ids)), self.device)
         return {
@@ -337,7 +347,7 @@ def run_evaluation(
         run_id = None
         if log_to_mlflow:
             run_id = _log_evaluation(tracking_uri, cfg, model_uri, refs, metrics, folder, run_name, parent_run_id)
-    return EvalOutcome(metrics, rows, str(out_dir) if out_dir else None, run_id)
+    return EvalOutcome({f"test/{k}": v for k, v in metrics.items()}, rows, str(out_dir) if out_dir else None, run_id)
 
 
 def _log_evaluation(
@@ -364,6 +374,7 @@ def _log_evaluation(
         parent_run_id=parent_run_id,
         tags={registry.MODEL_URI_TAG: model_uri, "tcm.kind": "evaluation"},
     )
+    tracking.log_datasets(tracking_uri, run_id, refs)
     logger = registry.RunLogger(tracking_uri, run_id)
     logger.params({"model_uri": model_uri, "data": data, "protocol": cfg.eval.protocol})
     logger.metrics({f"test/{k}": v for k, v in metrics.items()}, step=0)

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import typer
 
-from pipelines.checkpoint import CheckpointError, load_checkpoint, load_model_state
 from pipelines.config import ConfigError, load_config
-from tcm.build import build_detector
-from tcm.export import export_onnx
 
 
 def export(config: str | Path, weights: str, out: str | Path, size: int | None = None) -> list[str]:
     """Build the detector of `config`, load `weights` (a checkpoint folder, path or s3://), write ONNX."""
+    from pipelines.checkpoint import load_checkpoint, load_model_state
+    from tcm.build import build_detector
+    from tcm.export import export_onnx
+
     cfg = load_config(config)
     detector_cfg = cfg.detector()
     model = build_detector(detector_cfg, pretrained=False)  # weights come from the checkpoint, not CLIP
@@ -30,6 +31,8 @@ def export_command(
                              "default: model.input_size. The batch axis is dynamic."),  # fmt: skip
 ) -> None:
     """Export the detector (up to its output maps, no decoding) to ONNX."""
+    from pipelines.checkpoint import CheckpointError
+
     try:
         names = export(config, weights, out, size)
     except (ConfigError, CheckpointError, ValueError) as err:

@@ -12,12 +12,38 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import typer
 
 from pipelines import registry
 from pipelines.config import DataConfig
 from tcm.types import Detection
+
+# from random weights the tiny preset needs ~700 steps to pass hmean 0.8 on synthetic text (pipelines/demo.py);
+# a model trained from random weights for fewer than this has not learned to find text
+FEW_STEPS = 500
+
+
+def model_warnings(loaded: registry.LoadedModel, tracking_uri: str | None) -> list[str]:
+    """Why this model's output should not be trusted: its validation hmean is below the promotion floor, or it
+    was trained from random weights (no CLIP weights, no warm start) for only a few steps."""
+    from pipelines.config import MlflowConfig
+
+    meta, exp = loaded.meta or {}, loaded.experiment or {}
+    floor = MlflowConfig().promote_min_hmean
+    hmean = (meta.get("val") or {}).get("hmean")  # a checkpoint folder carries its latest validation
+    if meta.get("mlflow_run_id") and tracking_uri:
+        try:
+            hmean = registry.logged_val_hmean(tracking_uri, meta["mlflow_run_id"])
+        except Exception:  # the run lives in another store: keep what the checkpoint says
+            pass
+    out = []
+    if hmean is not None and hmean < floor:
+        out.append(f"its logged validation hmean {hmean:.4f} is below mlflow.promote_min_hmean {floor:g}")
+    random_init = not (exp.get("model") or {}).get("clip", {}).get("weights") and not (exp.get("train") or {}).get("init_from")
+    steps = meta.get("global_step")
+    if exp and random_init and steps is not None and int(steps) < FEW_STEPS:
+        out.append(f"it was trained from random weights for only {int(steps)} steps (< {FEW_STEPS})")
+    return out
 
 
 @dataclass
@@ -40,6 +66,8 @@ def predict_images(
     """Detect text in each image file, one at a time (padded to /32 only, as `tcm evaluate` does, so both give
     the same polygons for the same image); polygons in the image's own pixels. `max_side` caps the longer
     resized side (`data.val_canvas`)."""
+    import torch
+
     from pipelines.evaluate import decode_batch
     from tcm.build import build_codec
     from tcm.data.transforms import decode_image, normalize, resize_for_test
@@ -128,6 +156,8 @@ def predict_command(
     except (CheckpointError, StorageError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    for why in model_warnings(loaded, uri):
+        typer.echo(f"warning: {model}: {why}: expect few or meaningless detections", err=True)
     data = DataConfig.model_validate((loaded.experiment or {}).get("data", {}))
     preds = predict_images(
         loaded,

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 import typer
+
+if TYPE_CHECKING:  # torch loads when the command runs, not for `tcm recognize --help`
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -21,9 +24,10 @@ def recognize_files(
     model: torch.nn.Module, paths: Sequence[Path], *, batch_size: int = 64, progress: Callable[[int], None] = lambda _n: None
 ) -> list[tuple[str, str, float]]:
     """(file name, text, confidence) per image, in the given order. An unreadable image is an error naming it."""
+    import torch
     from PIL import Image
 
-    from tcm.recognition import preprocess
+    from tcm.recognition.preprocess import preprocess
 
     out: list[tuple[str, str, float]] = []
     for start in range(0, len(paths), batch_size):

@@ -114,7 +114,7 @@ def _hmean(model_uri: str, rc: RetrainConfig, exp: ExperimentConfig, tracking_ur
     from pipelines.evaluate import run_evaluation
 
     outcome = run_evaluation(model_uri, [rc.benchmark], exp, tracking_uri=tracking_uri, log_to_mlflow=False)
-    return float(outcome.metrics["hmean"])
+    return float(outcome.metrics["test/hmean"])
 
 
 def retrain(rc: RetrainConfig, progress=print) -> RetrainOutcome:
@@ -167,7 +167,12 @@ def retrain(rc: RetrainConfig, progress=print) -> RetrainOutcome:
         version = pending["version"]
         new = _hmean(f"models:/{name}/{version}", rc, exp, tracking_uri)
         old = _hmean(f"models:/{name}/{champion.version}", rc, exp, tracking_uri) if champion else None
-        if old is None or new >= old + rc.margin:
+        refusal = registry.promotion_refusal(new, base.mlflow.promote_min_hmean, "benchmark hmean")
+        if refusal is not None:  # no empty champion, whatever the old one scores
+            reason = refusal + (f": champion v{champion.version} kept" if champion else ": no champion yet")
+            action = "not-promoted"
+            client.set_tag(pending["run_id"], registry.PROMOTION_TAG, f"{action}: {reason}")
+        elif old is None or new >= old + rc.margin:
             client.set_registered_model_alias(name, "champion", version)
             client.delete_registered_model_alias(name, "challenger")  # it is the champion now
             reason = (f"hmean {new:.4f} >= champion {old:.4f} + margin {rc.margin}" if old is not None

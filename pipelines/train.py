@@ -21,18 +21,19 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import typer
 
-from pipelines import registry, storage
+from pipelines import registry, resources, storage, tracking
 from pipelines.config import ConfigError, ExperimentConfig, load_config
+
+if TYPE_CHECKING:  # torch is imported where used: `tcm --help` loads this module
+    import torch
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 ENV_TO_WORKERS = (  # endpoints the workers need (Ray starts them with the cluster's env): in the runtime env
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
@@ -92,12 +93,10 @@ def data_hashes(cfg: ExperimentConfig) -> dict[str, str]:
     tags: dict[str, str] = {}
     for role, refs in (("train", cfg.data.train), ("val", cfg.data.val)):
         for i, ref in enumerate(refs):
-            loc = storage.resolve(ref.uri).join(MANIFEST)
             try:
-                manifest = json.loads(storage.read_bytes(loc))
+                tags[f"data.{role}.{i}.sha256"] = tracking.manifest_sha256(ref.uri)
             except (storage.StorageError, ValueError) as err:
                 raise ConfigError(f"data.{role}[{i}].uri: no readable ingest manifest ({err})") from None
-            tags[f"data.{role}.{i}.sha256"] = str(manifest.get("sha256", "unknown"))
             tags[f"data.{role}.{i}.uri"] = storage.redact_uri(ref.uri)
     if len(cfg.data.train) == 1:
         tags["data.sha256"] = tags["data.train.0.sha256"]
@@ -208,7 +207,7 @@ def steps_per_epoch(cfg: ExperimentConfig) -> int:
         return cfg.train.steps_per_epoch
     split, rows = train_split(cfg), 0
     for ref in cfg.data.train:
-        manifest = json.loads(storage.read_bytes(storage.resolve(ref.uri).join(MANIFEST)))
+        manifest = json.loads(storage.read_bytes(storage.resolve(ref.uri).join("manifest.json")))
         rows += int(manifest.get("splits", {}).get(split, 0))
     return max(1, math.ceil(rows * cfg.data.fraction / (cfg.data.batch_size * cfg.train.num_workers)))
 
@@ -279,6 +278,7 @@ def build_trainer(
             **(run_tags or {}),
         },
     )
+    tracking.log_datasets(tracking_uri, run_id, [*cfg.data.train, *cfg.data.val])
     storage_path, filesystem = resolve_storage(cfg.train.storage_path)
     loop_config = {
         "cfg": cfg.model_dump(mode="json"),
@@ -318,6 +318,7 @@ def run_training(cfg: ExperimentConfig, *, register: bool = True) -> TrainOutcom
     built = build_trainer(cfg)
     tracking_uri, run_id = built.tracking_uri, built.run_id
     try:
+        resources.require(resources.training_ask(cfg))  # never wait for ever for GPUs the cluster cannot have
         result = built.trainer.fit()
     except BaseException:
         registry.finish_run(tracking_uri, run_id, "FAILED")
@@ -325,9 +326,13 @@ def run_training(cfg: ExperimentConfig, *, register: bool = True) -> TrainOutcom
     model_uri = registry.run_model_uri(tracking_uri, run_id)
     version = None
     if register and model_uri and cfg.mlflow.registered_model:
-        version = registry.register_model(
-            tracking_uri, model_uri, cfg.mlflow.registered_model, cfg.mlflow.alias, {"run_id": run_id}
-        )
+        from pipelines.tasks import task_for
+
+        primary = task_for(cfg.tcm_config()).primary_metric  # hmean; a recogniser's word accuracy
+        version, _ = registry.register_promoted(
+            tracking_uri, model_uri, cfg.mlflow.registered_model, cfg.mlflow.alias, {"run_id": run_id},
+            run_id=run_id, floor=cfg.mlflow.promote_min_hmean, metric=f"val/{primary}", what=f"validation {primary}",
+        )  # fmt: skip
     registry.finish_run(tracking_uri, run_id, "FINISHED")
     checkpoint = None
     if result.checkpoint is not None:
@@ -379,6 +384,7 @@ class _Worker:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker. `config` = build_trainer's loop config (JSON-able values + WorkerSecrets)."""
     import ray.train
+    import torch
 
     if config.get("secrets") is not None:
         config["secrets"].apply()  # before anything reads storage or MLflow
@@ -395,7 +401,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         lrs = set_poly_lr(w.optimizer, cfg, epoch - 1)
         stats = _train_epoch(w, train_shard)
         state.epoch, state.global_step = epoch, state.global_step + int(stats.pop("steps"))
-        metrics = {f"train/{k}": v for k, v in stats.items()} | {f"lr/{name}": lr for name, lr in lrs.items()}
+        metrics = {f"train/{k}": v for k, v in stats.items()} | {f"train/lr/{name}": lr for name, lr in lrs.items()}
         if val_shard is not None and (epoch % cfg.train.val_every == 0 or epoch == E):
             state.val = _validate(w, val_shard, epoch)
             metrics.update({f"val/{k}": v for k, v in state.val.items()})
@@ -414,6 +420,7 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
     """Build the detector, restore the latest checkpoint (or warm-start), optimiser, AMP, DDP, rank-0 logger."""
     import ray.train
     import ray.train.torch
+    import torch
 
     from pipelines.checkpoint import load_model_state, read_checkpoint, restore_train_state
     from pipelines.tasks import task_for
@@ -440,7 +447,8 @@ def _setup_worker(config: dict[str, Any]) -> _Worker:
         load_model_state(model, ckpt, det_cfg)  # a checkpoint of another model config: named, not a shape error
         state = _State(ckpt.epoch, int(ckpt.meta.get("global_step", 0)), dict(ckpt.meta.get("val", {})))
     elif cfg.train.init_from:
-        load_model_state(model, _load_init(cfg.train.init_from, config.get("tracking_uri")), det_cfg)
+        init = fit_prompt_count(_load_init(cfg.train.init_from, config.get("tracking_uri")), model, det_cfg)
+        load_model_state(model, init, det_cfg)
 
     if cfg.train.uses_sync_batchnorm():
         model = convert_sync_batchnorm(model)  # released: SyncBN under DDP; same parameters, same state-dict keys
@@ -495,8 +503,36 @@ def _load_init(uri: str, tracking_uri: str | None):
     return load_checkpoint(uri)
 
 
+PROMPT_CONTEXTS = "text_encoder.contexts"  # (1, K, D): the K learnable context tokens
+PROMPT_POSITIONS = "text_encoder.clip.positional_embedding"  # (1 + K + prompt tokens, D): one row per position
+
+
+def fit_prompt_count(ckpt: Any, model: torch.nn.Module, det_cfg: Any) -> Any:
+    """A warm start from a checkpoint with another prompt count K (a sweep over `model.tcm.num_prompts`).
+
+    The K learned contexts do not map onto K' others: they are re-initialised (the fresh model's init). The
+    positional table is indexed by position (SOT, contexts, prompt), truncated to the prompt length at build:
+    the checkpoint's rows where it has them, the fresh model's beyond. Every other weight is the checkpoint's;
+    the checkpoint's config then names K' so the load checks everything else as usual."""
+    old_k, new_k = ckpt.detector.tcm.num_prompts, det_cfg.tcm.num_prompts
+    if old_k == new_k or PROMPT_CONTEXTS not in ckpt.model_state:
+        return ckpt
+    fresh = model.state_dict()
+    state = dict(ckpt.model_state)
+    state[PROMPT_CONTEXTS] = fresh[PROMPT_CONTEXTS].clone()  # (1, K', D)
+    positions = fresh[PROMPT_POSITIONS].clone()  # (L', D)
+    n = min(positions.shape[0], state[PROMPT_POSITIONS].shape[0])
+    positions[:n] = state[PROMPT_POSITIONS][:n]
+    state[PROMPT_POSITIONS] = positions
+    log.info("[tcm] init_from %s: %d prompt contexts re-initialised as %d", ckpt.path, old_k, new_k)
+    tcm_cfg = dataclasses.replace(ckpt.detector.tcm, num_prompts=new_k)
+    return dataclasses.replace(ckpt, model_state=state, detector=dataclasses.replace(ckpt.detector, tcm=tcm_cfg))
+
+
 def make_optimizer(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.optim.Optimizer:
     """The configured optimiser over the task's parameter groups (LR factors, no decay on norms and biases)."""
+    import torch
+
     from pipelines.tasks import task_for
 
     o = cfg.optim
@@ -555,11 +591,15 @@ def set_poly_lr(optimizer: torch.optim.Optimizer, cfg: ExperimentConfig, epoch_i
 
 def _tensors(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """collate_fn: the numeric columns (image + codec targets) as tensors; ids and the like stay behind."""
+    import torch
+
     return {k: torch.as_tensor(v) for k, v in batch.items() if isinstance(v, np.ndarray) and v.dtype.kind in "fiub"}
 
 
 def _train_epoch(w: _Worker, shard: Any) -> dict[str, float]:
     """One pass over this worker's shard; losses averaged over all workers' images, throughput of all workers."""
+    import torch
+
     cfg = w.cfg
     w.ddp.train()
     sums: dict[str, float] = {}
@@ -605,6 +645,8 @@ def _limit(it: Iterator[Any], n: int | None) -> Iterator[Any]:
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    import torch
+
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return [float(v) for v in values]
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -613,12 +655,16 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def _barrier(world: int) -> None:
+    import torch
+
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
 
 
 def _validate(w: _Worker, shard: Any, epoch: int) -> dict[str, float]:
     """Every worker predicts its slice of val (by id hash); rank 0 gathers, scores, plots and logs."""
+    import torch
+
     from pipelines.evaluate import overlay_source
 
     cfg = w.cfg
@@ -643,6 +689,8 @@ def _broadcast_buffers(model: torch.nn.Module, world: int) -> None:
     """Rank 0's buffers to every rank, so each validates the model rank 0 checkpoints: after training steps the
     BatchNorm running statistics are each rank's own (DDP sends rank 0's only before a training forward), and
     validation scored a different model per slice (tiny TCM-DB, 24 images: hmean 0.8108 gathered vs 0.8133)."""
+    import torch
+
     if world > 1 and torch.distributed.is_initialized():
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
@@ -661,14 +709,14 @@ def _report(w: _Worker, metrics: Mapping[str, float], checkpoint: bool) -> None:
     from pipelines.checkpoint import save_checkpoint
 
     state = w.state
-    report = {
+    report = {  # the MLflow names (pipelines.tracking): Tune ranks trials by val/hmean
         "epoch": state.epoch,
-        "loss": metrics.get("train/loss", math.nan),
-        "images_per_s": metrics.get("train/images_per_s", 0.0),
-        # the latest validation (0 before the first): detection val_hmean/_precision/_recall, recognition
-        # val_accuracy/_one_minus_ned; val_score = the task's primary metric
-        **{f"val_{k}": state.val.get(k, 0.0) for k in w.task.report_metrics},
-        "val_score": state.val.get(w.task.primary_metric, 0.0),
+        "train/loss": metrics.get("train/loss", math.nan),
+        "train/images_per_s": metrics.get("train/images_per_s", 0.0),
+        # the latest validation (0 before the first): detection val/hmean, val/precision, val/recall; recognition
+        # val/accuracy, val/one_minus_ned; val/score = the task's primary metric (what Tune ranks trials by)
+        **{f"val/{k}": state.val.get(k, 0.0) for k in w.task.report_metrics},
+        "val/score": state.val.get(w.task.primary_metric, 0.0),
     }
     if not checkpoint:
         ray.train.report(report)
@@ -712,17 +760,30 @@ def train_command(
     ),
     name: str = typer.Option(None, "--name", help="Run name (overrides `name`); the same name + storage resumes."),
     no_register: bool = typer.Option(False, "--no-register", help="Log the model to MLflow but do not register it."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show Ray's own logs on the console (default: logs/train-<name>.log; always in a Ray job)."
+    ),
 ) -> None:
     """Train a TCM detector or a CLIP4STR recogniser (model.kind) on Ray Train; started again with the same
     name + storage, it resumes."""
+    from pipelines.console import quiet_console
+
     overrides = list(set_) + ([f"name={name}"] if name else [])
     try:
         cfg = load_config(config, overrides)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    # inside a submitted Ray job the job's log is the record (`ray job logs`): nothing is redirected there
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    log_file = None if verbose or in_job else Path("logs") / f"train-{cfg.name}.log"
     try:
-        outcome = run_training(cfg, register=not no_register)
+        with quiet_console(log_file) as console:
+            tracking_uri = registry.absolute_tracking_uri(cfg.mlflow.resolved_tracking_uri())
+            key = registry.run_key(cfg.name, with_absolute_paths(cfg).train.storage_path)
+            progress = tracking.training_progress(tracking_uri, cfg.mlflow.experiment, key, cfg.train.epochs)
+            with console.stage(f"train {cfg.name}: {cfg.train.num_workers} worker(s) x {cfg.train.epochs} epochs", progress):
+                outcome = run_training(cfg, register=not no_register)
     except (ConfigError, storage.StorageError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None

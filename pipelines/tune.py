@@ -1,9 +1,12 @@
 """Sweeps with Ray Tune over Ray Train: one TorchTrainer per trial, ASHA on validation hmean, nested MLflow runs.
 
-    driver: MLflow parent run (found again by key on a restart) -> Tuner(function trainable, ASHA)
+    driver: MLflow parent run (found again by key on a restart) -> Tuner(function trainable, ASHA on val/hmean)
     trial:  cfg + the trial's choices -> build_trainer(cfg, parent_run_id=…, callbacks=[TuneReportCallback()])
-            -> fit; the run is named `<name>-trial-<trial id>` so a retried trial resumes its own Train run
-    after:  the best finished trial's model is registered with the alias; the parent gets the summary
+            -> fit; the run is named `<name>-trial-<trial id>` so a retried trial resumes its own Train run;
+            with `train.init_from` every trial fine-tunes the same model (contexts re-initialised where the
+            prompt count differs: pipelines.train.fit_prompt_count)
+    after:  the best finished trial's model is registered with the alias; the parent gets val/hmean of the
+            best, its params as `best.*` tags, and the comparison (table + parallel coordinates, sweep_report)
 
 `Tuner(TorchTrainer)` is deprecated in Train V2; the function trainable here only drives its TorchTrainer.
 """
@@ -19,23 +22,34 @@ from typing import Any
 
 import typer
 
-from pipelines import registry
-from pipelines.config import ConfigError, ExperimentConfig, ModelConfig, load_config
+from pipelines import registry, resources, tracking
+from pipelines.config import ConfigError, ExperimentConfig, load_config
 
 log = logging.getLogger(__name__)
 
+SCORE = "val/score"  # what the training loop reports as the task's primary validation metric; Tune ranks by it
+
 
 def search_space(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The paper's study: number of learnable prompts, image/text encoder LR factors (0 = frozen), base LR."""
+    """The paper's study: number of learnable prompts, image/text encoder LR factors (0 = frozen), base LR, the
+    auxiliary (instance-language matching) loss weight. A range with equal ends is that one value."""
     from ray import tune
 
     t = cfg.tune
+
+    def log_range(lo: float, hi: float) -> Any:
+        return lo if lo == hi else tune.loguniform(lo, hi)
+
     return {
         "num_prompts": tune.choice(list(t.num_prompts)),
-        "image_encoder_lr_factor": tune.loguniform(*t.image_encoder_lr_factor),
+        "image_encoder_lr_factor": log_range(*t.image_encoder_lr_factor),
         "text_encoder_lr_factor": tune.choice(list(t.text_encoder_lr_factor)),
-        "lr": tune.loguniform(*t.lr),
+        "lr": log_range(*t.lr),
+        "aux_loss_weight": tune.choice(list(t.aux_loss_weight)),
     }
+
+
+PARAMS = ("num_prompts", "image_encoder_lr_factor", "text_encoder_lr_factor", "lr", "aux_loss_weight")
 
 
 def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
@@ -45,6 +59,7 @@ def trial_overrides(params: dict[str, Any]) -> dict[str, Any]:
         "optim.image_encoder_lr_factor": float(params["image_encoder_lr_factor"]),
         "optim.text_encoder_lr_factor": float(params["text_encoder_lr_factor"]),
         "optim.lr": float(params["lr"]),
+        "model.tcm.aux_loss_weight": float(params["aux_loss_weight"]),
     }
 
 
@@ -84,7 +99,7 @@ class TrialSummary:
     trial_id: str
     mlflow_run_id: str | None
     params: dict[str, Any]
-    val_hmean: float  # the task's primary validation metric (val_score): hmean, a recogniser's word accuracy
+    val_hmean: float  # the task's primary validation metric (reported as val/score): hmean, a recogniser's word accuracy
     epochs: int
     model_uri: str | None
 
@@ -98,7 +113,7 @@ class SweepOutcome:
     model_version: str | None
 
 
-def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
+def run_sweep(cfg: ExperimentConfig, *, register: bool = True, quiet: bool = False) -> SweepOutcome:
     """Run the sweep `cfg.tune` over `cfg`; one MLflow parent run with a child run per trial."""
     import ray
     from ray import tune
@@ -127,6 +142,7 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
         sweep_name,
         tags={"tcm.kind": "sweep", **data_hashes(cfg)},
     )
+    tracking.log_datasets(tracking_uri, parent_id, [*cfg.data.train, *cfg.data.val])
     parent = registry.RunLogger(tracking_uri, parent_id)
     parent.params({**cfg.flat_params(), "sweep.space": json.dumps(cfg.tune.model_dump(mode="json"))})
 
@@ -140,7 +156,7 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
         trainable,
         param_space=task_for(cfg.tcm_config()).search_space(cfg),  # detection: search_space above
         tune_config=tune.TuneConfig(
-            metric="val_score",  # the task's primary metric (= val_hmean for detection)
+            metric=SCORE,  # the task's primary validation metric (val/hmean for detection), reported as val/score
             mode="max",
             num_samples=t.num_samples,
             # the limit lives on the generator: Tune ignores max_concurrent_trials for a given generator instance
@@ -154,9 +170,15 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
                 reduction_factor=t.reduction_factor,
             ),
         ),
-        run_config=tune.RunConfig(name=sweep_name, storage_path=storage_path, storage_filesystem=filesystem),
+        run_config=tune.RunConfig(
+            name=sweep_name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            verbose=0 if quiet else 1,  # quiet: Tune's status tables go to the log file, not the console
+        ),
     )
-    try:
+    try:  # one trial (its driver + its workers) must fit, or Tune would wait for ever
+        resources.require(resources.training_ask(cfg, f"sweep {sweep_name!r}", extra_cpus=t.driver_cpus))
         grid = tuner.fit()
     except BaseException:
         registry.finish_run(tracking_uri, parent_id, "FAILED")
@@ -166,19 +188,28 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True) -> SweepOutcome:
     finished = [s for s in trials if s.model_uri]
     best = max(finished, key=lambda s: s.val_hmean) if finished else None
     version = None
+    metric = f"val/{task_for(cfg.tcm_config()).primary_metric}"  # val/hmean, or val/accuracy for a recogniser
     if best is not None:
-        parent.metrics({"best/val_hmean": best.val_hmean}, step=0)
+        parent.metrics({metric: best.val_hmean}, step=0)  # the sweep's result, comparable across sweeps
         parent.tags({"best.trial_id": best.trial_id, "best.mlflow_run_id": best.mlflow_run_id or ""})
-        parent.params({f"best.{k}": v for k, v in best.params.items()})
+        parent.tags({f"best.{k}": v for k, v in best.params.items()})
         if register and cfg.mlflow.registered_model:
-            version = registry.register_model(
+            version, _ = registry.register_promoted(
                 tracking_uri, best.model_uri, cfg.mlflow.registered_model, cfg.mlflow.alias,
                 {"run_id": best.mlflow_run_id or "", "sweep_run_id": parent_id},
+                run_id=best.mlflow_run_id, hmean=best.val_hmean, floor=cfg.mlflow.promote_min_hmean,
+                what=f"validation {metric.removeprefix('val/')}",
             )
     with tempfile.TemporaryDirectory(prefix="tcm-sweep-") as tmp:
+        from pipelines.sweep_report import write_comparison
+
         path = Path(tmp) / "trials.json"
         path.write_text(json.dumps([dataclasses.asdict(s) for s in trials], indent=2, default=str))
         parent.artifact(path)
+        rows = [{"trial_id": s.trial_id, "epochs": s.epochs, **s.params, metric: s.val_hmean} for s in trials]
+        if rows:
+            write_comparison(rows, sorted(trials[0].params), Path(tmp) / "comparison", metric)
+            parent.artifacts(Path(tmp) / "comparison", "comparison")
     registry.finish_run(tracking_uri, parent_id, "FINISHED")
     return SweepOutcome(parent_id, tracking_uri, trials, best, version)
 
@@ -195,10 +226,25 @@ def _summaries(grid: Any, tracking_uri: str, experiment_id: str, cfg: Experiment
         if run_id and model_uri is None and result.error is None:
             registry.finish_run(tracking_uri, run_id, "KILLED")  # stopped early by ASHA, not broken
         params = dict(result.config)  # the sampled search space of the task
-        out.append(
-            TrialSummary(trial_id, run_id, params, float(metrics.get("val_score", 0.0)), int(metrics.get("epoch", 0)), model_uri)
-        )
+        score = float(metrics.get(SCORE, 0.0))
+        out.append(TrialSummary(trial_id, run_id, params, score, int(metrics.get("epoch", 0)), model_uri))
     return sorted(out, key=lambda s: s.val_hmean, reverse=True)
+
+
+def trial_table(trials: list[TrialSummary], metric: str = "hmean") -> list[str]:
+    """The trials as console lines, best first (tcm tune and tcm demo print it): one column per swept key."""
+    keys = sorted(trials[0].params) if trials else []
+    heads = {k: k.replace("_lr_factor", " lr x").replace("_", " ") for k in keys}
+    widths = {k: max(8, len(heads[k])) for k in keys}
+    lines = [" ".join([f"{'trial':<22}", *(f"{heads[k]:>{widths[k]}}" for k in keys), f"{'epochs':>6}", f"val {metric}"])]
+    for s in trials:
+        cells = [f"{_fmt(s.params[k]):>{widths[k]}}" for k in keys]
+        lines.append(" ".join([f"{s.trial_id:<22}", *cells, f"{s.epochs:>6}", f"{s.val_hmean:>{4 + len(metric)}.4f}"]))
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def tune_command(
@@ -207,7 +253,10 @@ def tune_command(
     num_samples: int = typer.Option(None, "--num-samples", min=1, help="Trials to run (overrides tune.num_samples)."),
     no_register: bool = typer.Option(False, "--no-register", help="Do not register the best trial's model."),
 ) -> None:
-    """Sweep prompts and learning-rate factors with Ray Tune (ASHA); the best trial's model is registered."""
+    """Sweep a detector's prompts and learning-rate factors, or a recogniser's freeze depth, decoder LR factor and
+    permutation count, with Ray Tune (ASHA); the best trial's model is registered."""
+    from pipelines.tasks import task_for
+
     overrides = list(set_) + ([f"tune.num_samples={num_samples}"] if num_samples else [])
     try:
         cfg = load_config(config, overrides)
@@ -215,17 +264,8 @@ def tune_command(
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
-    detector = isinstance(cfg.model, ModelConfig)
-    for s in outcome.trials if not detector else ():  # a recogniser: its own sweep keys and metric
-        typer.echo(f"{s.trial_id:<24} {json.dumps(s.params, sort_keys=True)} epochs {s.epochs} val accuracy {s.val_hmean:.4f}")
-    if detector:
-        typer.echo(f"{'trial':<24} {'prompts':>7} {'img lr x':>9} {'txt lr x':>9} {'lr':>9} {'epochs':>6} {'val hmean':>9}")
-    for s in outcome.trials if detector else ():
-        p = s.params
-        typer.echo(
-            f"{s.trial_id:<24} {p['num_prompts']:>7} {p['image_encoder_lr_factor']:>9.3g} "
-            f"{p['text_encoder_lr_factor']:>9.3g} {p['lr']:>9.2e} {s.epochs:>6} {s.val_hmean:>9.4f}"
-        )
+    for line in trial_table(outcome.trials, task_for(cfg.tcm_config()).primary_metric):
+        typer.echo(line)
     best = outcome.best
     typer.echo(
         json.dumps(

@@ -15,7 +15,7 @@ the environment; `vars` themselves may read the environment):
     name: demo
     vars: {work: "${TCM_WORK:-work/demo}"}
     storage: ${work}/workflows                      # stage records: a path, file:// or s3://
-    mlflow: {tracking_uri: null, experiment: tcm}   # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    mlflow: {tracking_uri: null, experiment: tcm}   # null: $MLFLOW_TRACKING_URI, else <storage>/mlflow.db
     stages:
       - {name: raw, kind: synth, format: icdar2015, out: "${work}/raw", splits: {train: 24, test: 6}}
       - {name: ingest-train, kind: ingest, format: icdar2015, src: "${work}/raw/train", dst: "${work}/data",
@@ -139,6 +139,8 @@ class RegisterStage(StageBase):
     from_: str = Field(alias="from")  # an earlier train/tune stage
     registered_model: str = "tcm-detector"  # as ExperimentConfig.mlflow.registered_model
     alias: str = "champion"
+    # the alias only when the model's validation hmean reaches this (as ExperimentConfig.mlflow.promote_min_hmean)
+    min_hmean: float = Field(MlflowConfig().promote_min_hmean, ge=0, le=1)
 
 
 Stage = Annotated[
@@ -174,7 +176,15 @@ class Workflow(Strict):
         return self
 
     def tracking_uri(self) -> str:
-        return self.mlflow.resolved_tracking_uri()
+        """The configured store, else $MLFLOW_TRACKING_URI, else `<storage>/mlflow.db` when the records are local
+        (the run's store lives and goes with its working folder, never in the current folder)."""
+        if self.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+            return self.mlflow.resolved_tracking_uri()
+        loc = storage.resolve(self.storage)
+        if loc.is_s3:  # a bucket holds no sqlite file: the current folder, as for `tcm train`
+            return self.mlflow.resolved_tracking_uri()
+        Path(loc.path).mkdir(parents=True, exist_ok=True)  # sqlite creates the file, not its folder
+        return registry.absolute_tracking_uri(f"sqlite:///{Path(loc.path) / 'mlflow.db'}")
 
     def artifact_location(self) -> str:
         return registry.default_artifact_location(MlflowConfig(artifact_location=self.mlflow.artifact_location), self.storage)
@@ -548,7 +558,7 @@ def _evaluate(stage: EvaluateStage, ctx: Context) -> dict[str, Any]:
     if outcome.mlflow_run_id:
         ctx.nest(outcome.mlflow_run_id)  # an earlier evaluation of the same pair may have had another parent
     metrics = _numbers(outcome.metrics)
-    headline = {f"{stage.name}.{k}": metrics[k] for k in ("hmean", "precision", "recall") if k in metrics}
+    headline = {f"test/{stage.name}/{k}": metrics[f"test/{k}"] for k in ("hmean", "precision", "recall")}
     registry.RunLogger(ctx.tracking_uri, ctx.parent_run_id).metrics(headline, step=0)
     return {"model_uri": model_uri, "metrics": metrics, "mlflow_run_id": outcome.mlflow_run_id}
 
@@ -567,11 +577,19 @@ def _register(stage: RegisterStage, ctx: Context) -> dict[str, Any]:
     same = [v for v in versions if all(v.tags.get(k) == str(t) for k, t in tags.items())]
     if same:
         version = str(max(int(v.version) for v in same))
-        client.set_registered_model_alias(stage.registered_model, stage.alias, version)
         ctx.echo(f"stage {stage.name}: {stage.registered_model} version {version} already holds this model")
     else:
-        version = registry.register_model(ctx.tracking_uri, model_uri, stage.registered_model, stage.alias, tags)
-    return {"model_uri": model_uri, "registered_model": stage.registered_model, "version": version, "alias": stage.alias}
+        version = registry.register_version(ctx.tracking_uri, model_uri, stage.registered_model, tags)
+    out = ctx.outputs.get(stage.from_, {})
+    run_id = out.get("run_id") or (out.get("best") or {}).get("mlflow_run_id")  # train / tune stage outputs
+    hmean = registry.logged_val_hmean(ctx.tracking_uri, run_id) if run_id else None
+    promoted = registry.set_alias_if_good(ctx.tracking_uri, stage.registered_model, version, stage.alias,
+                                          run_id=run_id, hmean=hmean, floor=stage.min_hmean)  # fmt: skip
+    if not promoted:
+        ctx.echo(f"stage {stage.name}: version {version} registered without {stage.alias!r}: "
+                 f"{registry.promotion_refusal(hmean, stage.min_hmean)}")  # fmt: skip
+    return {"model_uri": model_uri, "registered_model": stage.registered_model, "version": version,
+            "alias": stage.alias if promoted else None}  # fmt: skip
 
 
 def _open_parent(wf: Workflow, root: storage.Location, tracking_uri: str) -> dict[str, Any]:

@@ -1,13 +1,19 @@
 """A real local stack on loopback: a Ray head + two worker nodes, an S3 endpoint (moto), an MLflow server.
 
     python -m infra.local.stack up      # start (safe to run twice: a running stack is reported, not restarted)
-    python -m infra.local.stack down    # stop every process it started, by process group, and forget the state
+    python -m infra.local.stack down    # save the buckets, stop every process it started, by process group
+    python -m infra.local.stack down --wipe   # the same, then forget the buckets AND the MLflow store together
     python -m infra.local.stack status  # print the addresses, exit 1 when the stack is not up
+    python -m infra.local.stack put DIR s3://bucket/prefix   # upload a folder (no AWS CLI needed)
 
 Each service runs in its own process session (so `down` can stop it and everything it spawned), binds to
 127.0.0.1, and is awaited until it answers. `STATE/env.sh` holds the variables a shell or a test needs
-(RAY_ADDRESS, RAY_API_SERVER_ADDRESS, MLFLOW_TRACKING_URI, AWS_*). The S3 keys are moto's throwaway test keys:
-this stack is for a laptop or CI, never for data that matters.
+(RAY_ADDRESS, RAY_API_SERVER_ADDRESS, MLFLOW_TRACKING_URI, AWS_*, and the project's `.venv/bin` first on PATH).
+The S3 keys are moto's throwaway test keys: this stack is for a laptop or CI, never for data that matters.
+
+One lifetime for the stack's state: the MLflow store (`STATE/mlflow.db`) and the buckets (moto keeps objects in
+memory only, so `down` saves them to `STATE/s3/` and `up` puts them back) survive `down` + `up` together, and
+`down --wipe` forgets both together: the registry never lists a model whose files are gone.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +32,7 @@ from pathlib import Path
 
 HOST = "127.0.0.1"  # loopback only: nothing here is meant to be reachable from another machine
 DEFAULT_STATE = Path(__file__).resolve().parent / ".state"
+SNAPSHOT = "s3"  # STATE/s3/<bucket>/<key>: the buckets between a `down` and the next `up`
 BUCKETS = ("tcm-data", "tcm-runs", "mlflow-artifacts")  # raw data + shards, checkpoints, MLflow artifacts
 FAKE_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 WORKERS = ({"name": "worker-1", "cpus": 2}, {"name": "worker-2", "cpus": 2})  # logical CPUs: 2-core CI machine
@@ -182,6 +190,11 @@ def up(state_dir: Path = DEFAULT_STATE) -> dict:
         state["s3_endpoint"] = f"http://{HOST}:{s3_port}"
         _wait("S3 endpoint (moto)", lambda: _port_open(s3_port), 60, pid, logs / "s3.log")
         _create_buckets(state["s3_endpoint"])
+        restored = _restore_buckets(state["s3_endpoint"], state_dir / SNAPSHOT)
+        state["s3_restored"] = True  # from here on, `down` may replace the snapshot with what the server holds
+        record("s3", pid)
+        if restored:
+            print(f"S3: {restored} object(s) restored from {state_dir / SNAPSHOT}")
 
         gcs_port, dash_port, client_port, ml_port = free_port(), free_port(), free_port(), free_port()
         head = [_bin("ray"), "start", "--head", f"--port={gcs_port}", f"--dashboard-host={HOST}",
@@ -227,21 +240,91 @@ def up(state_dir: Path = DEFAULT_STATE) -> dict:
         down(state_dir, quiet=True)
         raise
     (state_dir / "stack.json").write_text(json.dumps(state, indent=2))
-    (state_dir / "env.sh").write_text("".join(f"export {k}={v}\n" for k, v in env_of(state).items()))
+    # the project's tools (`tcm`, `ray`, `mlflow`) first on PATH, as `source .venv/bin/activate` would put them
+    venv_bin = f"export PATH={Path(sys.executable).parent}:$PATH\n"
+    (state_dir / "env.sh").write_text(venv_bin + "".join(f"export {k}={v}\n" for k, v in env_of(state).items()))
     _print(state)
     return state
 
 
-def _create_buckets(endpoint: str) -> None:
+def _s3(endpoint: str):
     import boto3
+    from botocore.config import Config
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=FAKE_KEYS["AWS_DEFAULT_REGION"],
-                      aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    return boto3.client("s3", endpoint_url=endpoint, region_name=FAKE_KEYS["AWS_DEFAULT_REGION"],
+                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        config=Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2}))  # fmt: skip
+
+
+def _create_buckets(endpoint: str) -> None:
+    s3 = _s3(endpoint)
     for bucket in BUCKETS:
         try:
             s3.create_bucket(Bucket=bucket)
         except s3.exceptions.BucketAlreadyOwnedByYou:
             pass
+
+
+def _save_buckets(endpoint: str, snapshot: Path) -> int:
+    """Every object of the stack's buckets into `snapshot/<bucket>/<key>`: written beside, then swapped in, so a
+    failed save leaves the previous snapshot whole. Returns the number of objects."""
+    s3 = _s3(endpoint)
+    tmp = snapshot.with_name(snapshot.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    count = 0
+    for bucket in BUCKETS:
+        (tmp / bucket).mkdir(parents=True, exist_ok=True)
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith("/"):  # a folder marker (pyarrow writes them): prefixes need no object
+                    continue
+                dst = tmp / bucket / obj["Key"]
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, obj["Key"], str(dst))
+                count += 1
+    old = snapshot.with_name(snapshot.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if snapshot.exists():
+        snapshot.rename(old)
+    tmp.rename(snapshot)
+    shutil.rmtree(old, ignore_errors=True)
+    return count
+
+
+def _restore_buckets(endpoint: str, snapshot: Path) -> int:
+    """Upload a snapshot written by _save_buckets (none: nothing to do). Returns the number of objects."""
+    if not snapshot.is_dir():
+        return 0
+    s3, count = _s3(endpoint), 0
+    for bucket in BUCKETS:
+        root = snapshot / bucket
+        for path in sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []:
+            s3.upload_file(str(path), bucket, path.relative_to(root).as_posix())
+            count += 1
+    return count
+
+
+def wipe(state_dir: Path) -> None:
+    """Forget the stack's data: the bucket snapshot and the MLflow store, together (the stack must be down)."""
+    for name in (SNAPSHOT, SNAPSHOT + ".partial", SNAPSHOT + ".old"):
+        shutil.rmtree(state_dir / name, ignore_errors=True)
+    (state_dir / "mlflow.db").unlink(missing_ok=True)
+
+
+def put(src: Path, dst: str) -> int:
+    """Upload every file under `src` to `dst` (s3://bucket/prefix) on the stack's endpoint (env.sh sourced)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3")
+    if not endpoint or not dst.startswith("s3://"):
+        raise SystemExit("put: needs AWS_ENDPOINT_URL_S3 (source the stack's env.sh) and an s3:// destination")
+    if not src.is_dir():
+        raise SystemExit(f"put: {src} is not a folder")
+    bucket, _, prefix = dst.removeprefix("s3://").partition("/")
+    s3, count = _s3(endpoint), 0
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), bucket, "/".join(x for x in (prefix.strip("/"), path.relative_to(src).as_posix()) if x))
+        count += 1
+    print(f"uploaded {count} file(s) from {src} to {dst}")
+    return count
 
 
 def _wait_nodes(state: dict, expected: int, timeout: float) -> None:
@@ -264,12 +347,23 @@ def _wait_nodes(state: dict, expected: int, timeout: float) -> None:
     raise RuntimeError(f"only some of the {expected} Ray nodes registered within {timeout:.0f} s")
 
 
-def down(state_dir: Path = DEFAULT_STATE, quiet: bool = False) -> None:
+def down(state_dir: Path = DEFAULT_STATE, quiet: bool = False, wipe_data: bool = False) -> None:
     state = read_state(state_dir)
     if not state:
         if not quiet:
             print("stack is not up")
+        if wipe_data:
+            wipe(state_dir)
+            print(f"wiped the buckets and the MLflow store in {state_dir}")
         return
+    s3 = next((p for p in state["processes"] if p["name"] == "s3"), None)
+    if not wipe_data and state.get("s3_restored") and s3 and _alive(s3["pid"]):
+        try:  # before anything stops: the MLflow store and the buckets must keep one lifetime
+            saved = _save_buckets(state["s3_endpoint"], state_dir / SNAPSHOT)
+            if not quiet:
+                print(f"S3: {saved} object(s) saved to {state_dir / SNAPSHOT}")
+        except Exception as err:  # the previous snapshot stays whole
+            print(f"warning: could not save the buckets ({err}); {state_dir / SNAPSHOT} keeps the last save", file=sys.stderr)
     for proc in reversed(state["processes"]):  # mlflow, workers, head, s3
         _stop_group(proc["pid"])
         if not quiet:
@@ -277,6 +371,10 @@ def down(state_dir: Path = DEFAULT_STATE, quiet: bool = False) -> None:
     _forget_current_cluster(state.get("ray_address", ""))
     for name in ("stack.json", "env.sh"):  # logs stay for a post-mortem; the next `up` appends to them
         (state_dir / name).unlink(missing_ok=True)
+    if wipe_data:
+        wipe(state_dir)
+        if not quiet:
+            print(f"wiped the buckets and the MLflow store in {state_dir}")
 
 
 def _forget_current_cluster(address: str) -> None:
@@ -315,7 +413,10 @@ def _print(state: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "put"])
+    parser.add_argument("paths", nargs="*", help="with put: a local folder and an s3:// destination")
+    parser.add_argument("--wipe", action="store_true",
+                        help="with down: also forget the buckets and the MLflow store (both, never one)")  # fmt: skip
     parser.add_argument("--state-dir", type=Path, default=Path(os.environ.get("TCM_STACK_DIR", DEFAULT_STATE)),
                         help="where pids, logs, the MLflow db and env.sh live (default: infra/local/.state)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -323,7 +424,11 @@ def main(argv: list[str] | None = None) -> int:
         case "up":
             up(args.state_dir)
         case "down":
-            down(args.state_dir)
+            down(args.state_dir, wipe_data=args.wipe)
+        case "put":
+            if len(args.paths) != 2:
+                parser.error("put takes a local folder and an s3:// destination")
+            put(Path(args.paths[0]), args.paths[1])
         case "status":
             state = read_state(args.state_dir)
             if not is_up(state):

@@ -101,7 +101,7 @@ class RecognitionTask:
     report_metrics = ("accuracy", "one_minus_ned")
 
     def build_model(self, model_cfg: RecognizerConfig, *, pretrained: bool) -> nn.Module:
-        from tcm.recognition import build_recognizer
+        from tcm.recognition.build import build_recognizer
 
         return build_recognizer(model_cfg, pretrained=pretrained)
 
@@ -181,7 +181,7 @@ class RecognitionTask:
         return trial_overrides(params)
 
     def param_groups(self, model: nn.Module, cfg: Any) -> list[dict[str, Any]]:
-        from tcm.recognition import param_groups
+        from tcm.recognition.optim import param_groups
 
         return param_groups(model, cfg.tcm_config(), cfg.optim.lr, cfg.optim.weight_decay)
 

@@ -22,10 +22,20 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-from timm.data import auto_augment as aa
+
+if TYPE_CHECKING:
+    from timm.data import auto_augment as aa
+
+
+def _aa():
+    """timm's auto_augment module, imported on first use (timm pulls in torch: configs import this module)."""
+    from timm.data import auto_augment
+
+    return auto_augment
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's pixel statistics (clip4str.md §6, openai_meanstd)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -50,11 +60,11 @@ class WordAugmentConfig:
 
 def _signed_level(level: float, _hparams: dict, scale: float) -> tuple[float]:
     """timm's magnitude -> argument rule with our own scale: level/10 x scale, randomly negated."""
-    return (aa._randomly_negate(level / aa._LEVEL_DENOM * scale),)
+    return (_aa()._randomly_negate(level / _aa()._LEVEL_DENOM * scale),)
 
 
 def _level(level: float, _hparams: dict, scale: float) -> tuple[float]:
-    return (level / aa._LEVEL_DENOM * scale,)
+    return (level / _aa()._LEVEL_DENOM * scale,)
 
 
 def _capped(level: float, img: Image.Image, frac: float, floor: int = 1) -> int:
@@ -63,11 +73,11 @@ def _capped(level: float, img: Image.Image, frac: float, floor: int = 1) -> int:
 
 
 def _rotate_expand(img: Image.Image, degrees: float, **kwargs) -> Image.Image:
-    return aa.rotate(img, degrees, expand=True, **kwargs)
+    return _aa().rotate(img, degrees, expand=True, **kwargs)
 
 
 def _gaussian_blur(img: Image.Image, radius: float, **_) -> Image.Image:
-    return aa.gaussian_blur(img, _capped(radius, img, 0.02))
+    return _aa().gaussian_blur(img, _capped(radius, img, 0.02))
 
 
 def _poisson_noise(img: Image.Image, lam: float, **_) -> Image.Image:
@@ -82,7 +92,7 @@ def _poisson_noise(img: Image.Image, lam: float, **_) -> Image.Image:
 
 def _op(name: str, cfg: WordAugmentConfig, fn=None, level=None) -> aa.AugmentOp:
     """timm's AugmentOp for `name`, with its function / level rule replaced where CLIP4STR's differ."""
-    op = aa.AugmentOp("GaussianBlur" if name == "PoissonNoise" else name, prob=cfg.prob, magnitude=cfg.magnitude)
+    op = _aa().AugmentOp("GaussianBlur" if name == "PoissonNoise" else name, prob=cfg.prob, magnitude=cfg.magnitude)
     op.name = name
     if fn is not None:
         op.aug_fn = fn
@@ -102,10 +112,10 @@ def rand_augment(cfg: WordAugmentConfig = WordAugmentConfig()) -> aa.RandAugment
         "GaussianBlur": (_gaussian_blur, partial(_level, scale=cfg.blur_radius)),
         "PoissonNoise": (_poisson_noise, partial(_level, scale=cfg.poisson_lambda)),
     }
-    names = [n for n in aa._RAND_INCREASING_TRANSFORMS if n != "SharpnessIncreasing"] + ["GaussianBlur", "PoissonNoise"]
+    names = [n for n in _aa()._RAND_INCREASING_TRANSFORMS if n != "SharpnessIncreasing"] + ["GaussianBlur", "PoissonNoise"]
     ops = [_op(n, cfg, *overrides.get(n, (None, None))) for n in names]
     # explicit uniform weights make timm choose without replacement (no op twice on one image)
-    return aa.RandAugment(ops, cfg.num_layers, choice_weights=[1.0 / len(ops)] * len(ops))
+    return _aa().RandAugment(ops, cfg.num_layers, choice_weights=[1.0 / len(ops)] * len(ops))
 
 
 @contextlib.contextmanager

@@ -109,8 +109,12 @@ def _stack_cmd(action: str, env: dict[str, str], timeout: float) -> subprocess.C
     )  # fmt: skip
 
 
-def _read_env_sh(path: Path) -> dict[str, str]:
-    return dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if line)
+def _read_env_sh(path: Path, base: dict[str, str]) -> dict[str, str]:
+    """env.sh's variables as `source` sets them (`$PATH` expanded against the shell's own)."""
+    out = dict(line.removeprefix("export ").split("=", 1) for line in path.read_text().splitlines() if line)
+    if "PATH" in out:
+        out["PATH"] = out["PATH"].replace("$PATH", base.get("PATH", os.defpath))
+    return out
 
 
 @pytest.fixture(scope="package")
@@ -119,14 +123,18 @@ def stack():
     state_dir = Path(tempfile.mkdtemp(prefix="tcms-", dir="/tmp"))
     base = {k: v for k, v in os.environ.items() if not DROPPED_ENV.match(k)}
     base |= {"TCM_STACK_DIR": str(state_dir), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
-    up = _stack_cmd("up", base, timeout=300)
+    try:
+        up = _stack_cmd("up", base, timeout=600)  # a loaded machine can take minutes to register three Ray nodes
+    except subprocess.TimeoutExpired as err:  # `up` was killed, what it started was not: stop that too
+        _stack_cmd("down", base, timeout=300)
+        pytest.fail(f"stack up did not finish within {err.timeout:.0f} s:\n{(err.output or b'').decode()[-3000:]}")
     stack = Stack(state_dir, dict(base))
     if (state_dir / "stack.json").exists():
         stack.state = json.loads((state_dir / "stack.json").read_text())
     if up.returncode != 0:
         _stack_cmd("down", base, timeout=120)
         pytest.fail(f"stack up failed ({up.returncode}):\n{up.stdout[-3000:]}")
-    stack.env |= _read_env_sh(state_dir / "env.sh")
+    stack.env |= _read_env_sh(state_dir / "env.sh", base)
     try:
         yield stack
     finally:

@@ -1,13 +1,15 @@
 """The whole path on a real local stack: synthetic data into the bucket -> `tcm submit train` through the Job API
--> the run and its model in the MLflow server and the bucket -> `tcm retrain` from new data in the bucket promotes
-`champion` only when the margin is met -> a run with nothing new does nothing. The package fixture then stops the
-stack and checks that no process is left behind.
+-> the run and its model in the MLflow server and the bucket (registered without `champion`: it learned nothing)
+-> `tcm retrain` from new data in the bucket promotes `champion` only when the margin is met -> a run with nothing
+new does nothing -> the production schedule, which asks for 8 GPUs, stops at once and leaves its batch resumable.
+The package fixture then stops the stack and checks that no process is left behind.
 
 Tiny TCM-DB on 128 px synthetic images, 1 epoch of 2 steps per training: the point is the plumbing.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -16,10 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.config import load_config
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-SCHEDULE = REPO / "jobs" / "schedules" / "retrain.yaml"
+SCHEDULE = REPO / "jobs" / "schedules" / "retrain_local.yaml"
+PRODUCTION = REPO / "jobs" / "schedules" / "retrain.yaml"
 TINY = "jobs/configs/tiny_cpu.yaml"
 MODEL = "tcm-detector"  # tiny_cpu.yaml registers under the default name; the retrain schedule decides about it
 SHARDS = "s3://tcm-data/shards/ic15"  # the schedule's benchmark lives here (split test)
@@ -33,7 +38,7 @@ TINY_RUN = [  # a training that only proves the plumbing: 1 worker, 1 epoch of 2
 ]
 
 
-# ------------------------------------------------------------------ the commands (README "On a cluster" shows them)
+# ------------------------------------------------------------------ the commands (as the README walkthrough types them)
 
 
 def synth_argv(out: str, split: str, n: int, seed: int) -> list[str]:
@@ -83,13 +88,9 @@ def _upload_raw(stack, src: Path, numbers: range, prefix: str) -> int:
 
 
 def _schedule(tmp_path: Path, margin: float, storage: str) -> Path:
-    """jobs/schedules/retrain.yaml as shipped (bucket layout, format, benchmark), fine-tuning tiny_cpu for a step."""
+    """jobs/schedules/retrain_local.yaml as shipped (bucket layout, tiny model, floor 0), with another margin."""
     cfg = yaml.safe_load(SCHEDULE.read_text())
-    cfg["experiment"] = TINY
-    cfg["set"] = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY_RUN)} | {
-        "train.storage_path": storage,
-        "mlflow.experiment": "stack-retrain",
-    }
+    cfg["set"] |= {"train.storage_path": storage, "mlflow.experiment": "stack-retrain"}
     cfg["margin"] = margin
     path = tmp_path / f"retrain-margin-{margin}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -125,9 +126,14 @@ def test_submit_train_then_scheduled_retrain(stack, tmp_path):
     assert [r.info.status for r in runs] == ["FINISHED"]
     run = runs[0]
     assert run.info.run_name == "tiny-cpu" and run.data.metrics["epoch"] == 1
-    champion = client.get_model_version_by_alias(MODEL, "champion")
-    assert champion.version == "1" and champion.run_id == run.info.run_id
-    logged = client.get_logged_model(champion.source.rsplit("/", 1)[-1])
+    # two steps from random weights: registered, but below mlflow.promote_min_hmean, so not champion
+    (first,) = client.search_model_versions(f"name='{MODEL}'")
+    assert first.version == "1" and first.run_id == run.info.run_id
+    assert run.data.metrics["val/hmean"] < 0.05 and "champion" not in client.get_registered_model(MODEL).aliases
+    assert first.tags["tcm.promotion"].startswith("registered without alias 'champion': validation hmean 0.0")
+    assert run.data.tags["tcm.promotion"] == first.tags["tcm.promotion"]
+    assert "registered without alias 'champion'" in out  # the job log says why
+    logged = client.get_logged_model(first.source.rsplit("/", 1)[-1])
     bucket, prefix = logged.artifact_location.removeprefix("s3://").split("/", 1)
     assert bucket == "tcm-runs"
     objects = stack.keys(bucket, prefix.rstrip("/") + "/")
@@ -141,7 +147,7 @@ def test_submit_train_then_scheduled_retrain(stack, tmp_path):
     uploaded = _upload_raw(stack, tmp_path / "raw", range(1, 5), "raw/ic15/day1")
     out = _ok(stack.cli(retrain_argv(_schedule(tmp_path, -1.0, "s3://tcm-runs/retrain"))), "tcm retrain")
     assert f"{uploaded} new or changed files -> batch-0001" in out
-    assert "batch-0001: version 2 promoted" in out and "margin -1.0" in out
+    assert "batch-0001: version 2 promoted (first model, hmean" in out  # no champion before: the floor (0) decides
     assert client.get_model_version_by_alias(MODEL, "champion").version == "2"
     assert "challenger" not in client.get_registered_model(MODEL).aliases  # it became the champion
     assert client.get_model_version(MODEL, "2").tags["retrain_decision"].startswith("promoted")
@@ -167,3 +173,24 @@ def test_submit_train_then_scheduled_retrain(stack, tmp_path):
     assert "fine-tuning" not in out
     assert len(client.search_model_versions(f"name='{MODEL}'")) == 3
     assert client.get_registered_model(MODEL).aliases == aliases
+
+    # ---- the production schedule (8 GPU workers) on a CPU-only stack: one line, exit 1, nothing waits for ever
+    _stage(started, "production schedule")
+    t0 = time.monotonic()
+    proc = stack.cli(retrain_argv(PRODUCTION), timeout=300)
+    took = time.monotonic() - t0
+    print(f"production schedule stopped after {took:.0f} s")  # the acceptance figure (< 60 s), not asserted
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "16 new or changed files -> batch-0001" in proc.stdout
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("error: "))
+    assert line == (
+        "error: training 'ic15-db-retrain-0001' can never start: it asks for 8 worker(s) x {CPU: 1, GPU: 1} "
+        "(8 CPU, 8 GPU in all, at most 0 worker(s) fit); the cluster has 3 node(s) with 5 CPU, 0 GPU and no "
+        "autoscaler to add more"
+    )
+    assert "Requesting resources" not in proc.stdout
+    state = json.loads(stack.s3().get_object(Bucket="tcm-data", Key="shards/ic15-retrain/retrain_state.json")["Body"].read())
+    assert [b["stage"] for b in state["batches"]] == ["ingested"]  # resumable: the next run starts at the fine-tune
+    production = client.get_experiment_by_name(load_config(REPO / "jobs" / "configs" / "ic15_db.yaml").mlflow.experiment)
+    (failed,) = client.search_runs([production.experiment_id], "attributes.run_name = 'ic15-db-retrain-0001'")
+    assert failed.info.status == "FAILED"

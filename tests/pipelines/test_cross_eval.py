@@ -142,7 +142,7 @@ def test_matrix_matches_run_evaluation_and_is_logged_with_a_heatmap(tmp_path, wo
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ref = DatasetRef(uri=world[data], split="test")
-            return run_evaluation(world[model], [ref], None, tracking_uri=db, num_overlays=0, log_to_mlflow=False).metrics["hmean"]
+            return run_evaluation(world[model], [ref], None, tracking_uri=db, num_overlays=0, log_to_mlflow=False).metrics["test/hmean"]
 
     assert hmean[0, 1] == direct("hot", "full")
     others = [hmean[0, 0], hmean[1, 0], hmean[1, 1]]
@@ -151,7 +151,8 @@ def test_matrix_matches_run_evaluation_and_is_logged_with_a_heatmap(tmp_path, wo
     client = MlflowClient(db)
     run = client.get_run(outcome["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "hot-cold"
-    assert run.data.metrics["hmean/hot/full"] == hmean[0, 1]
+    assert run.data.metrics["test/hmean/hot/full"] == hmean[0, 1]
+    assert run.data.tags["mlflow.source.name"] and {i.dataset.name for i in run.inputs.dataset_inputs}
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "cross_eval")}
     assert {"cross_eval/hmean_heatmap.png", "cross_eval/hmean.json", "cross_eval/hmean.csv"} <= logged
     png = Path(client.download_artifacts(run.info.run_id, "cross_eval/hmean_heatmap.png", str(tmp_path)))

@@ -133,8 +133,8 @@ def test_actor_pool_evaluation_matches_in_process_prediction(tmp_path, model_dir
             np.testing.assert_allclose(a.points, b.points, atol=0.01)
             assert a.score == pytest.approx(b.score, abs=1e-4)
     expected = evaluate([(r.gt, r.dets) for r in sorted(local, key=lambda r: r.id)])
-    assert outcome.metrics["hmean"] == pytest.approx(expected.hmean)
-    assert outcome.metrics["recall"] == pytest.approx(expected.recall)
+    assert outcome.metrics["test/hmean"] == pytest.approx(expected.hmean)  # the names MLflow shows
+    assert outcome.metrics["test/recall"] == pytest.approx(expected.recall)
 
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["hmean"] == pytest.approx(expected.hmean)
@@ -142,6 +142,9 @@ def test_actor_pool_evaluation_matches_in_process_prediction(tmp_path, model_dir
     run = MlflowClient(tracking_uri).get_run(outcome.mlflow_run_id)
     assert run.data.metrics["test/hmean"] == pytest.approx(expected.hmean)
     assert run.data.params["model_uri"] == str(model_dir)
+    (data_input,) = run.inputs.dataset_inputs  # the evaluated split, with its manifest's digest
+    assert data_input.dataset.digest == json.loads((Path(ingested) / "manifest.json").read_text())["sha256"][:36]
+    assert [(t.key, t.value) for t in data_input.tags if t.key == "mlflow.data.context"] == [("mlflow.data.context", "test")]
 
 
 @pytest.mark.slow
@@ -154,7 +157,7 @@ def test_evaluate_command(tmp_path, model_dir, ingested):
     )
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output[result.output.index("{") :])
-    assert 0.0 <= printed["hmean"] <= 1.0 and printed["images"] == 3 and printed["mlflow_run_id"] is None
+    assert 0.0 <= printed["test/hmean"] <= 1.0 and printed["test/images"] == 3 and printed["mlflow_run_id"] is None
     assert (out / "per_image.json").is_file()
 
     missing = tmp_path / "no-such-checkpoint"

@@ -55,12 +55,12 @@ def test_tiny_recogniser_trains_validates_logs_and_registers_on_two_workers(tmp_
         warnings.simplefilter("ignore")
         outcome = run_training(cfg)
 
-    assert 0.0 <= outcome.metrics["val_accuracy"] <= 1.0, outcome.metrics  # held-out words, 36-char protocol
-    assert outcome.metrics["val_score"] == outcome.metrics["val_accuracy"] and outcome.metrics["epoch"] == 3
+    assert 0.0 <= outcome.metrics["val/accuracy"] <= 1.0, outcome.metrics  # held-out words, 36-char protocol
+    assert outcome.metrics["val/score"] == outcome.metrics["val/accuracy"] and outcome.metrics["epoch"] == 3
     client = MlflowClient(tracking)
     run = client.get_run(outcome.run_id)
     m = run.data.metrics
-    assert m["val/accuracy"] == outcome.metrics["val_accuracy"] and m["val/one_minus_ned"] >= m["val/accuracy"]
+    assert m["val/accuracy"] == outcome.metrics["val/accuracy"] and m["val/one_minus_ned"] >= m["val/accuracy"]
     assert run.data.tags["tcm.task"] == "recognition" and run.data.tags["tcm.world_size"] == "2"
     history = [x.value for x in client.get_metric_history(outcome.run_id, "train/loss")]
     assert len(history) == 3 and history[-1] < history[0]  # 12 steps of 2 x 32 words: the loss falls
@@ -69,7 +69,7 @@ def test_tiny_recogniser_trains_validates_logs_and_registers_on_two_workers(tmp_
     assert {f"{last}/accuracy_table.json", f"{last}/samples.png", f"{last}/per_word.json"} <= logged
     table = json.loads(Path(client.download_artifacts(outcome.run_id, f"{last}/accuracy_table.json", str(tmp_path))).read_text())
     assert table[-1]["dataset"] == "combined" and table[-1]["words"] == N_VAL
-    assert table[-1]["accuracy"] == pytest.approx(outcome.metrics["val_accuracy"])
+    assert table[-1]["accuracy"] == pytest.approx(outcome.metrics["val/accuracy"])
 
     version = client.get_model_version_by_alias("tcm-recognizer", cfg.mlflow.alias)
     assert str(version.version) == outcome.model_version

@@ -13,7 +13,9 @@ from pipelines.cli import app
 from tcm.build import build_detector
 from tcm.config import DetectorConfig
 from tcm.data.formats.words43 import parse
-from tcm.recognition import RecognizerConfig, build_recognizer, preprocess
+from tcm.recognition.build import build_recognizer
+from tcm.recognition.config import RecognizerConfig
+from tcm.recognition.preprocess import preprocess
 
 
 def test_recognize_writes_the_models_predictions_with_confidences(tmp_path):

@@ -11,12 +11,13 @@ import math
 import warnings
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from pipelines import registry
+from pipelines import registry, tracking
 from pipelines.checkpoint import load_model_state
 from pipelines.config import ExperimentConfig, load_config
 from pipelines.storage import StorageError
@@ -98,6 +99,33 @@ def test_poly_schedule_decays_each_group_and_keeps_frozen_groups_at_zero():
     assert mid["head"] == pytest.approx((1e-3 - 1e-7) * 0.5**0.9 + 1e-7)
     assert mid["image_encoder"] == pytest.approx(0.1 * mid["head"])
     assert set_poly_lr(opt, cfg, 9)["text_encoder"] == 0.0  # mmcv's poly would lift it to min_lr
+
+
+def test_init_from_another_prompt_count_reinitialises_only_the_contexts(tmp_path):
+    from pipelines.checkpoint import read_checkpoint, save_checkpoint
+    from pipelines.train import PROMPT_CONTEXTS, PROMPT_POSITIONS, fit_prompt_count
+    from tcm.build import build_detector
+
+    def detector(k: int):
+        return load_config(TINY, [f"model.tcm.num_prompts={k}"]).detector()
+
+    torch.manual_seed(0)
+    trained = build_detector(detector(2), pretrained=False)
+    save_checkpoint(tmp_path / "ckpt", trained, detector(2))
+    ckpt = read_checkpoint(tmp_path / "ckpt", with_train_state=False)
+    assert fit_prompt_count(ckpt, trained, detector(2)) is ckpt  # same K: untouched
+
+    torch.manual_seed(1)
+    model = build_detector(detector(6), pretrained=False)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    load_model_state(model, fit_prompt_count(ckpt, model, detector(6)), detector(6))  # would raise on a shape
+    got, old = model.state_dict(), trained.state_dict()
+    assert torch.equal(got[PROMPT_CONTEXTS], fresh[PROMPT_CONTEXTS]) and got[PROMPT_CONTEXTS].shape[1] == 6
+    n = old[PROMPT_POSITIONS].shape[0]  # 2 contexts + prompt: the first n positions are the checkpoint's
+    assert torch.equal(got[PROMPT_POSITIONS][:n], old[PROMPT_POSITIONS])
+    assert torch.equal(got[PROMPT_POSITIONS][n:], fresh[PROMPT_POSITIONS][n:])
+    others = [k for k in old if k not in (PROMPT_CONTEXTS, PROMPT_POSITIONS)]
+    assert others and all(torch.equal(got[k], old[k]) for k in others)
 
 
 def _trained_state(cfg: ExperimentConfig):
@@ -184,13 +212,14 @@ def test_config_errors_stop_the_command_before_any_work(tmp_path):
 @pytest.mark.slow
 @pytest.mark.integration
 def test_two_workers_train_checkpoint_and_log_to_mlflow(tmp_path, data, tracking_uri):
-    cfg = tiny_config(data, tracking_uri, str(tmp_path / "runs"), "two-workers", "train.epochs=1")
+    # floor 0: this checks registration plumbing (the floor itself: tests/pipelines/test_registry.py)
+    cfg = tiny_config(data, tracking_uri, str(tmp_path / "runs"), "two-workers", "train.epochs=1", "mlflow.promote_min_hmean=0")
     assert cfg.train.num_workers == 2
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         outcome = run_training(cfg)
 
-    assert math.isfinite(outcome.metrics["loss"]) and outcome.metrics["epoch"] == 1
+    assert math.isfinite(outcome.metrics["train/loss"]) and outcome.metrics["epoch"] == 1
     ckpt = Path(outcome.checkpoint)
     assert ckpt.name == "checkpoint_epoch=0001" and (ckpt / "model.pt").is_file()
     assert json.loads((ckpt / "meta.json").read_text())["mlflow_run_id"] == outcome.run_id
@@ -200,17 +229,30 @@ def test_two_workers_train_checkpoint_and_log_to_mlflow(tmp_path, data, tracking
     m, params, tags = run.data.metrics, run.data.params, run.data.tags
     assert math.isfinite(m["train/loss"]) and m["train/images_per_s"] > 0
     assert 0.0 <= m["val/hmean"] <= 1.0 and {"val/precision", "val/recall"} <= m.keys()
-    assert any(k.startswith("lr/image_encoder") for k in m) and tags["tcm.world_size"] == "2"
+    assert any(k.startswith("train/lr/image_encoder") for k in m) and tags["tcm.world_size"] == "2"
     assert params["model.tcm.num_prompts"] == "4" and params["train.num_workers"] == "2"
     manifest = json.loads((Path(data["train"]) / "manifest.json").read_text())
     assert tags["data.sha256"] == manifest["sha256"]
+    assert tags["mlflow.source.name"] and tags["mlflow.source.git.commit"] == tracking.git_commit()
+    inputs = {_context(i): i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val"} and inputs["train"].digest == manifest["sha256"][:36]
+    assert inputs["train"].source_type == "local" and data["train"] in inputs["train"].source
     client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("two-workers")
+    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "validation/epoch=0001")}
     assert "validation/epoch=0001/threshold_curve.png" in logged and "validation/epoch=0001/overlays" in logged
     version = client.get_model_version_by_alias(cfg.mlflow.registered_model, cfg.mlflow.alias)
     assert str(version.version) == outcome.model_version and version.tags["run_id"] == outcome.run_id
     loaded = registry.load_model(f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias}", tracking_uri)
     assert loaded.detector == cfg.detector()
+    info = mlflow.models.get_model_info(f"models:/{cfg.mlflow.registered_model}@{cfg.mlflow.alias}")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, -1, -1]
+    assert {"prob_logits", "score_map"} <= set(info.signature.outputs.input_names()) and info.saved_input_example_info
+
+
+def _context(dataset_input) -> str:
+    return next(t.value for t in dataset_input.tags if t.key == tracking.DATA_CONTEXT_TAG)
 
 
 @pytest.mark.slow

@@ -120,6 +120,22 @@ def test_schema_errors_name_the_stage_and_line(tmp_path):
 # ------------------------------------------------------------------------------------------------ runner (cheap stages)
 
 
+def test_default_mlflow_store_lives_under_the_workflow_storage(tmp_path, ray_local, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    path = write_yaml(tmp_path / "wf.yaml", {
+        "name": "store", "vars": {"work": str(tmp_path / "work")}, "storage": "${work}/records",
+        "stages": [{"name": "s", "kind": "synth", "format": "icdar2015", "out": "${work}/raw", "splits": {"train": 1}}],
+    })  # fmt: skip
+    result = cli("--config", str(path))
+    assert result.exit_code == 0, result.output
+    db = tmp_path / "work" / "records" / "mlflow.db"
+    assert db.is_file() and not (cwd / "mlflow.db").exists()
+    assert json.loads((tmp_path / "work" / "records" / "store" / "workflow.json").read_text())["tracking_uri"] == f"sqlite:///{db}"
+
+
 def test_failed_stage_is_recorded_and_a_rerun_resumes_there(tmp_path, ray_local, count_stages):
     db = tmp_path / "mlflow.db"
     storage = tmp_path / "records"
@@ -194,7 +210,8 @@ def test_three_stage_workflow_resumes_at_evaluate_under_one_parent_run(tmp_path,
                 "train.num_workers": 1, "train.num_overlays": 0}},
             {"name": "evaluate", "kind": "evaluate", "from": "train",
              "data": [{"uri": "${work}/no-such-data", "split": "train"}]},
-            {"name": "register", "kind": "register", "from": "train", "registered_model": "tiny3", "alias": "best"},
+            {"name": "register", "kind": "register", "from": "train", "registered_model": "tiny3", "alias": "best",
+             "min_hmean": 0},  # registration plumbing; the floor itself: tests/pipelines/test_registry.py
         ],
     })  # fmt: skip
 
@@ -219,14 +236,14 @@ def test_three_stage_workflow_resumes_at_evaluate_under_one_parent_run(tmp_path,
     evaluated = record(storage, "tiny3", "evaluate")
     assert evaluated["status"] == "done" and evaluated["attempts"] == 2
     assert evaluated["outputs"]["model_uri"] == trained["outputs"]["model_uri"]  # `from: train` resolved
-    assert 0.0 <= evaluated["outputs"]["metrics"]["hmean"] <= 1.0
+    assert 0.0 <= evaluated["outputs"]["metrics"]["test/hmean"] <= 1.0
 
     client = MlflowClient(db)
     (parent,) = workflow_runs(db, "tiny3")  # one parent run across both attempts
     assert parent.info.run_id == json.loads((storage / "tiny3" / "workflow.json").read_text())["parent_run_id"]
     assert parent.info.status == "FINISHED"
     assert {parent.data.tags[f"stage.{s}.status"] for s in ("ingest", "train", "evaluate", "register")} == {"done"}
-    assert parent.data.metrics["evaluate.hmean"] == evaluated["outputs"]["metrics"]["hmean"]
+    assert parent.data.metrics["test/evaluate/hmean"] == evaluated["outputs"]["metrics"]["test/hmean"]
     exp = client.get_experiment_by_name("tiny3")
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_id = {r.info.run_id: r for r in children}

@@ -192,7 +192,8 @@ def test_full_rn50_both_formats_bit_exact(tmp_path):
 
 # ------------------------------------------------------------------------ ViT CLIP into the recogniser (CLIP4STR)
 
-from tcm.recognition import RecognizerConfig, build_recognizer  # noqa: E402
+from tcm.recognition.build import build_recognizer  # noqa: E402
+from tcm.recognition.config import RecognizerConfig  # noqa: E402
 from tcm.weights import load_clip_vit_weights  # noqa: E402
 
 OPENAI_INTS = {"input_resolution": 224, "context_length": 77, "vocab_size": 49408}

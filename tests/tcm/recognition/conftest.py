@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from tcm.recognition import CLIP4STR, RecognizerConfig, build_recognizer
+from tcm.recognition.build import build_recognizer
+from tcm.recognition.config import RecognizerConfig
+from tcm.recognition.model import CLIP4STR
 
 FONT = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 WORD_CHARS = string.ascii_letters + string.digits

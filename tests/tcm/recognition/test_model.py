@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from tcm.recognition import CLIP4STR, RecognizerConfig, param_groups, preprocess
-from tcm.recognition.config import OPENAI_MEAN, OPENAI_STD
+from tcm.recognition.config import OPENAI_MEAN, OPENAI_STD, RecognizerConfig
+from tcm.recognition.model import CLIP4STR
+from tcm.recognition.optim import param_groups
+from tcm.recognition.preprocess import preprocess
 
 from .conftest import build_quietly
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tcm.recognition import RecognizerConfig, param_groups, preprocess
+from tcm.recognition.config import RecognizerConfig
+from tcm.recognition.optim import param_groups
+from tcm.recognition.preprocess import preprocess
 
 from .conftest import build_quietly, random_words, render_word
 
