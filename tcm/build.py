@@ -76,7 +76,7 @@ def build_detector(cfg: DetectorConfig, pretrained: bool = True) -> Detector:
     if t.enabled:
         in_channels[-1] += 1  # the score map is concatenated to C5
         E = cfg.clip.embed_dim
-        text_encoder = TextEncoder(cfg.clip, t.num_prompts, t.class_prompt, t.prompt_length)
+        text_encoder = TextEncoder(cfg.clip, t.num_prompts, t.class_prompt, t.prompt_length, t.context_init_std)
         dec = (t.decoder_width, t.decoder_heads, t.decoder_layers, t.decoder_dropout, t.gamma_init)
         parts = dict(
             prompt_generator=LanguagePromptGenerator(E, cfg.clip.text_width) if t.language_prompt_generator else None,

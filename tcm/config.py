@@ -47,6 +47,11 @@ class TCMConfig:
     gamma_init: float = 1e-3  # vis_gamma / context gamma start near identity (released code)
     tau: float = 0.07  # temperature of the matching logits P / tau
     aux_loss_weight: float = 1.0  # lambda of the instance-language matching loss (paper)
+    # learnable contexts' init: released ocrclip.py uses torch's trunc_normal_ defaults (std 1, cut at +-2). The
+    # tiny preset uses 0.02 (its random text tower's token embeddings are N(0, 0.02)): at std 1 the contexts swamp
+    # the prompt and tiny TCM-DB from random weights sat on its loss plateau (held-out hmean 0.0 vs 0.545 after
+    # 384 steps of the learning test's recipe, deterministic data, tests/pipelines/test_train_learning.py)
+    context_init_std: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,7 @@ class DetectorConfig:
             text_heads=2,
             text_layers=2,
         )
+        tcm_overrides = {"context_init_std": 0.02, **tcm_overrides}  # TCMConfig.context_init_std: random towers
         tcm = TCMConfig(decoder_width=32, decoder_heads=2, decoder_layers=1, **tcm_overrides)
         # DB neck 64 (prob/thresh branches 16 wide): at 32 the 8-channel branches of a randomly initialised
         # model collapse to a constant map (all ReLUs dead) within ~100 steps and stay there for hundreds more

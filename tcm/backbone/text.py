@@ -31,7 +31,9 @@ class TextEncoder(nn.Module):
     under `self.clip` is the pretrained tower (learning-rate factor 0 by default = frozen).
     """
 
-    def __init__(self, cfg: ClipConfig, num_prompts: int, class_prompt: str, prompt_length: int):
+    def __init__(
+        self, cfg: ClipConfig, num_prompts: int, class_prompt: str, prompt_length: int, context_init_std: float = 1.0
+    ):
         super().__init__()
         K, L = num_prompts, num_prompts + prompt_length
         if num_prompts < 0 or prompt_length < 2:
@@ -52,9 +54,10 @@ class TextEncoder(nn.Module):
         )
         D = cfg.text_width
         self.contexts = nn.Parameter(torch.empty(1, K, D))
-        # released ocrclip.py: torch's nn.init.trunc_normal_ with its defaults, std 1 cut at +-2 (the scale of
-        # CLIP's token embeddings, not timm's 0.02 used for Linear weights)
-        nn.init.trunc_normal_(self.contexts, mean=0.0, std=1.0, a=-2.0, b=2.0)
+        # released ocrclip.py: torch's nn.init.trunc_normal_ with its defaults, std 1 cut at +-2 (not timm's 0.02
+        # used for Linear weights); TCMConfig.context_init_std (the tiny preset's random towers use 0.02)
+        s = context_init_std
+        nn.init.trunc_normal_(self.contexts, mean=0.0, std=s, a=-2.0 * s, b=2.0 * s)
         tokens = tokenize_prompt(class_prompt, prompt_length)  # (1, prompt_length)
         self.register_buffer("prompt_tokens", tokens.clone(), persistent=False)  # derived from the config
         self.eot_index = K + int(tokens.argmax(dim=-1))  # EOT has the largest id; shifted by the K contexts

@@ -95,3 +95,17 @@ def test_learnable_contexts_start_trunc_normal_std_1_cut_at_2():
     assert values.abs().max() <= 2.0
     assert values.abs().max() > 1.5  # std 0.02 would stay below 0.05
     assert 0.84 < values.std().item() < 0.92
+
+
+def test_context_init_std_is_the_released_1_by_default_and_0_02_in_the_tiny_preset():
+    """TCMConfig.context_init_std: the released std 1 for every real config; the tiny preset's random text tower
+    (token embeddings N(0, 0.02)) gets 0.02, which the learning test needs (tcm/config.py says why)."""
+    from tcm.config import DetectorConfig
+
+    assert DetectorConfig().tcm.context_init_std == 1.0
+    assert DetectorConfig.tiny().tcm.context_init_std == 0.02
+    assert DetectorConfig.tiny(context_init_std=1.0).tcm.context_init_std == 1.0  # an explicit override wins
+    enc = TextEncoder(CLIP, num_prompts=32, class_prompt=PROMPT, prompt_length=14, context_init_std=0.02)
+    values = enc.contexts.detach()  # (1, 32, 64)
+    assert values.abs().max() <= 0.04  # cut at +-2 std
+    assert 0.015 < values.std().item() < 0.02
