@@ -1,9 +1,15 @@
 """Ray job entrypoints (`python -m jobs.<stage> …`, what `tcm submit` and the k8s manifests run).
 
-torch is imported here, before any entrypoint connects to Ray: in a Ray job's driver, loading libtorch after
-`ray.init()` aborts the process ("Intel oneMKL FATAL ERROR: Cannot load …/torch/lib/libtorch_cpu.so"; Ray 2.60 with
-torch 2.14, reproduced on the local stack with a two-line job). The `tcm` CLI imports torch only where a command
-needs it (so `tcm --help` answers at once), which would otherwise be after the driver connected.
+The model stack (torch, torchvision through open_clip) is imported here, before an entrypoint connects to Ray.
+The `tcm` CLI imports it only where a command needs it (so `tcm --help` answers at once), which in a job
+driver would be after `ray.init()`, and two things break there (Ray 2.60, torch 2.14; both reproduced on the
+local stack with a few-line job):
+- loading libtorch after `ray.init()` aborts the driver ("Intel oneMKL FATAL ERROR: Cannot load
+  …/torch/lib/libtorch_cpu.so");
+- `ray.init()` unpacks the job's working_dir package again, shortly after it returns: the folder the driver runs
+  in is deleted and re-created at the same path, so `os.getcwd()` fails from then on, and torch's first import
+  of torch._dynamo (through torchvision) asks for it. Imported now, it has what it needs.
 """
 
-import torch  # noqa: F401  (see above: must precede ray.init in a job driver)
+import open_clip  # noqa: F401  (imports torch and torchvision; see above)
+import torch  # noqa: F401

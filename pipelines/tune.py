@@ -121,10 +121,10 @@ def run_sweep(cfg: ExperimentConfig, *, register: bool = True, quiet: bool = Fal
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from pipelines.tasks import task_for
-    from pipelines.train import check_storage, data_hashes, resolve_storage, with_absolute_paths
+    from pipelines.train import check_storage, data_hashes, init_ray, resolve_storage, with_absolute_paths
 
     if not ray.is_initialized():
-        ray.init()
+        init_ray()  # the endpoint variables reach every actor (train.init_ray)
     cfg = with_absolute_paths(cfg)
     if not cfg.data.val:
         raise ConfigError("data.val: a sweep ranks trials by validation hmean; configure a validation set")

@@ -633,11 +633,13 @@ def run_workflow(wf: Workflow, *, rerun_from: str | None = None, echo: Callable[
     `failed` with its one-line error, the parent run is marked FAILED, and StageFailed is raised."""
     import ray
 
+    from pipelines.train import init_ray
+
     names = [s.name for s in wf.stages]
     if rerun_from is not None and rerun_from not in names:
         raise WorkflowError(f"--rerun-from {rerun_from!r}: no such stage (stages: {', '.join(names)})")
     if not ray.is_initialized():
-        ray.init()
+        init_ray()  # the endpoint variables reach every actor (train.init_ray)
     root = storage.resolve(wf.storage).join(wf.name)
     tracking_uri = wf.tracking_uri()
     state = _open_parent(wf, root, tracking_uri)
