@@ -39,8 +39,10 @@ WORD_FORMATS: tuple[str, ...] = ("icdar2015-words", "lmdb")
 WordStyle = Literal["varied", "clean"]
 WORD_STYLES: tuple[str, ...] = ("varied", "clean")
 CLEAN_FONT = "DejaVuSansMono.ttf"  # one monospaced font: character k always starts k advances from the left
-CLEAN_SIZE = 32  # px em; the canvas is 2 px + 8 advances (~19 px each) wide, so after the 32x128 resize every
-CLEAN_MAX_LENGTH = 8  # character cell is ~15 px (two 8-px patch columns) wide, at the same place in every word
+# px em: the canvas is 2 x 2 px + 8 advances of ~19 px wide, so after the 32x128 resize every character cell is
+# ~15 px (two 8-px patch columns) wide and at the same place in every word
+CLEAN_SIZE = 32
+CLEAN_MAX_LENGTH = 8  # short words: 8 cells of ~15 px fill the 128-px-wide crop
 CLEAN_NUMBERS = 0.1  # share of digit strings, so all 36 protocol characters occur
 
 
@@ -219,7 +221,8 @@ def render_clean_word(rng: np.random.Generator) -> tuple[np.ndarray, str]:
     font = ImageFont.truetype(next(p for p in font_paths() if os.path.basename(p) == CLEAN_FONT), CLEAN_SIZE)
     ascent, descent = font.getmetrics()
     pad = 2  # px around the cells
-    canvas = Image.new("L", (2 * pad + round(font.getlength("0" * CLEAN_MAX_LENGTH)), 2 * pad + ascent + descent), 0)
+    W = 2 * pad + round(font.getlength("0" * CLEAN_MAX_LENGTH))  # CLEAN_MAX_LENGTH monospaced advances
+    canvas = Image.new("L", (W, 2 * pad + ascent + descent), 0)
     ImageDraw.Draw(canvas).text((pad, pad), text, font=font, fill=255)  # top-left anchor: fixed baseline
     alpha = np.asarray(canvas, np.float32) / 255  # (h, w) coverage
     bg, fg = np.full(3, rng.uniform(180, 255)), np.full(3, rng.uniform(0, 80))
