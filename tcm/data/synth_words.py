@@ -7,6 +7,9 @@ matplotlib ships (DejaVu Sans / Serif / Sans Mono and STIX General, every weight
 patch is then laid on a path (flat, rotated, perspective or curved) with the detection synthesiser's exact
 warps (`tcm.data.synth`), so pixels and polygon come from one transform; colour, blur and noise follow.
 
+`style="clean"` (`render_clean_word`) is the easy / CI set instead: lower-case words and numbers in one monospaced
+font, flat, left-aligned on one canvas; the tiny CPU recipe (`jobs/configs/clip4str_tiny_cpu.yaml`) reads it.
+
 Deterministic: sample k depends only on (seed, split, k) (`tcm.data.synth.image_rng`); the same seed gives
 byte-identical files. `render_on_path` is the building block the crop-rectification acceptance test uses.
 """
