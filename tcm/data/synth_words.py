@@ -7,6 +7,9 @@ matplotlib ships (DejaVu Sans / Serif / Sans Mono and STIX General, every weight
 patch is then laid on a path (flat, rotated, perspective or curved) with the detection synthesiser's exact
 warps (`tcm.data.synth`), so pixels and polygon come from one transform; colour, blur and noise follow.
 
+`style="clean"` (`render_clean_word`) is the easy / CI set instead: lower-case words and numbers in one monospaced
+font, flat, left-aligned on one canvas; the tiny CPU recipe (`jobs/configs/clip4str_tiny_cpu.yaml`) reads it.
+
 Deterministic: sample k depends only on (seed, split, k) (`tcm.data.synth.image_rng`); the same seed gives
 byte-identical files. `render_on_path` is the building block the crop-rectification acceptance test uses.
 """
@@ -34,6 +37,16 @@ VOCABULARY_SIZE = 30_000  # wordfreq's 30k most frequent English words: common w
 CURVE_POINTS = 7  # points per long side of a curved word: 7 + 7 = 14, as CTW1500 stores them
 WordFormat = Literal["icdar2015-words", "lmdb"]
 WORD_FORMATS: tuple[str, ...] = ("icdar2015-words", "lmdb")
+# "varied": the MJSynth stand-in above (the default). "clean": the easy / CI set a random-init tiny recogniser
+# learns to read in CPU minutes: lower-case words and numbers in one font at one size, flat, dark on light
+WordStyle = Literal["varied", "clean"]
+WORD_STYLES: tuple[str, ...] = ("varied", "clean")
+CLEAN_FONT = "DejaVuSansMono.ttf"  # one monospaced font: character k always starts k advances from the left
+# px em: the canvas is 2 x 2 px + 8 advances of ~19 px wide, so after the 32x128 resize every character cell is
+# ~15 px (two 8-px patch columns) wide and at the same place in every word
+CLEAN_SIZE = 32
+CLEAN_MAX_LENGTH = 8  # short words: 8 cells of ~15 px fill the 128-px-wide crop
+CLEAN_NUMBERS = 0.1  # share of digit strings, so all 36 protocol characters occur
 
 
 @functools.lru_cache(maxsize=1)
@@ -189,6 +202,36 @@ def render_word(rng: np.random.Generator) -> tuple[np.ndarray, str]:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), text
 
 
+@functools.lru_cache(maxsize=1)
+def clean_vocabulary() -> tuple[str, ...]:
+    """The vocabulary's lower-case ASCII words of 1..CLEAN_MAX_LENGTH letters (the clean style's words)."""
+    letters = set(string.ascii_lowercase)
+    return tuple(w for w in vocabulary() if len(w) <= CLEAN_MAX_LENGTH and set(w) <= letters)
+
+
+def clean_text(rng: np.random.Generator) -> str:
+    """One clean-style label: a lower-case vocabulary word, or (CLEAN_NUMBERS of them) 1..6 random digits."""
+    if rng.random() < CLEAN_NUMBERS:
+        return "".join(str(d) for d in rng.integers(0, 10, int(rng.integers(1, 7))))
+    return _choice(rng, clean_vocabulary())
+
+
+def render_clean_word(rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """One clean-style word image (H, W, 3) uint8 BGR and its label: DejaVu Sans Mono at CLEAN_SIZE, flat, no
+    blur or noise, left-aligned on one fixed-size canvas (room for CLEAN_MAX_LENGTH characters, the baseline at
+    one height); grey ink (0..80) on a grey ground (180..255) so the network does not key on one exact colour."""
+    text = clean_text(rng)
+    font = ImageFont.truetype(next(p for p in font_paths() if os.path.basename(p) == CLEAN_FONT), CLEAN_SIZE)
+    ascent, descent = font.getmetrics()
+    pad = 2  # px around the cells
+    W = 2 * pad + round(font.getlength("0" * CLEAN_MAX_LENGTH))  # CLEAN_MAX_LENGTH monospaced advances
+    canvas = Image.new("L", (W, 2 * pad + ascent + descent), 0)
+    ImageDraw.Draw(canvas).text((pad, pad), text, font=font, fill=255)  # top-left anchor: fixed baseline
+    alpha = np.asarray(canvas, np.float32) / 255  # (h, w) coverage
+    bg, fg = np.full(3, rng.uniform(180, 255)), np.full(3, rng.uniform(0, 80))
+    return compose(alpha, bg, fg), text
+
+
 def encode_png(image: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", image)
     if not ok:
@@ -196,16 +239,22 @@ def encode_png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def write_dataset(fmt: str, out_dir: str | Path, n: int, seed: int, split: str = "train") -> list[tuple[str, str]]:
+def write_dataset(
+    fmt: str, out_dir: str | Path, n: int, seed: int, split: str = "train", style: str = "varied"
+) -> list[tuple[str, str]]:
     """Write n word images with labels to out_dir/<split>/ in `fmt`: "icdar2015-words" (word_<k>.png +
-    gt.txt) or "lmdb" (data.mdb). Returns (name, label) per word; word k depends only on (seed, split, k)."""
+    gt.txt) or "lmdb" (data.mdb), in `style` ("varied" or "clean", see WORD_STYLES). Returns (name, label) per
+    word; word k depends only on (seed, split, style, k)."""
     from tcm.data.formats import icdar2015_words, lmdb_words
 
     if fmt not in WORD_FORMATS:
         raise ValueError(f"synth: unknown recognition format {fmt!r}; expected {', '.join(WORD_FORMATS)}")
+    if style not in WORD_STYLES:
+        raise ValueError(f"synth: unknown word style {style!r}; expected {', '.join(WORD_STYLES)}")
+    render = render_clean_word if style == "clean" else render_word
     samples = []
     for k in range(1, n + 1):
-        image, text = render_word(image_rng(seed, split, k))
+        image, text = render(image_rng(seed, split, k))
         samples.append((f"word_{k}.png", encode_png(image), text))
     folder = Path(out_dir) / split
     match fmt:

@@ -33,7 +33,7 @@ def test_each_config_gets_its_task_and_recognition_defaults():
     det, rec = load_config(CONFIGS / "tiny_cpu.yaml"), load_config(CONFIGS / "clip4str_tiny_cpu.yaml")
     assert isinstance(task_for(det.tcm_config()), DetectionTask) and det.mlflow.registered_model == "tcm-detector"
     assert isinstance(task_for(rec.tcm_config()), RecognitionTask) and rec.mlflow.registered_model == "tcm-recognizer"
-    assert rec.tcm_config() == RecognizerConfig.tiny(charset=CHARSET_36, decoder_lr_factor=1.0, perm_num=2)
+    assert rec.tcm_config() == RecognizerConfig.tiny(charset=CHARSET_36, decoder_lr_factor=1.0, perm_num=2, decoder_dropout=0.0)
     assert rec.data.word_augment.image_size == (32, 128)  # follows the recogniser's input
     b16 = load_config(CONFIGS / "clip4str_b16.yaml")
     assert b16.tcm_config() == RecognizerConfig() and b16.optim.betas == (0.9, 0.98) and b16.optim.eps == 1e-6

@@ -67,3 +67,26 @@ def test_same_seed_same_bytes_other_seed_other_words(fmt, tmp_path):
 def test_unknown_format_is_named(tmp_path):
     with pytest.raises(ValueError, match="'nope'"):
         sw.write_dataset("nope", tmp_path, n=1, seed=0)
+
+
+def test_clean_style_is_lower_case_short_words_on_one_canvas_left_aligned(tmp_path):
+    labels = sw.write_dataset("lmdb", tmp_path, n=120, seed=3, style="clean")
+    assert labels == sw.write_dataset("lmdb", tmp_path / "again", n=120, seed=3, style="clean")
+    texts = [t for _, t in labels]
+    assert all(1 <= len(t) <= sw.CLEAN_MAX_LENGTH and set(t) <= set(string.ascii_lowercase + string.digits) for t in texts)
+    assert sum(t.isdigit() for t in texts) >= 4 and sum(t in set(sw.clean_vocabulary()) for t in texts) > 90
+    images = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR) for _, b, _ in lmdb_words.read_samples(tmp_path / "train")]
+    assert len({img.shape for img in images}) == 1  # one canvas: the resize never stretches a word differently
+    cell = (images[0].shape[1] - 4) / sw.CLEAN_MAX_LENGTH  # monospaced advance, 2 px pad either side
+    for img, text in zip(images, texts, strict=True):
+        ink = np.abs(img.astype(int) - img[0, 0].astype(int)).max(axis=(0, 2)) > 40  # (W,) columns with ink
+        assert ink[: 2 + int(cell)].any()  # the first character sits in the first cell
+        assert not ink[int(2 + len(text) * cell) + 2 :].any()  # nothing right of the word's last cell
+
+
+def test_default_style_is_unchanged_by_the_clean_option(tmp_path):
+    assert sw.write_dataset("lmdb", tmp_path / "a", n=6, seed=5) == sw.write_dataset(
+        "lmdb", tmp_path / "b", n=6, seed=5, style="varied"
+    )
+    with pytest.raises(ValueError, match="'fancy'"):
+        sw.write_dataset("lmdb", tmp_path / "c", n=1, seed=0, style="fancy")
