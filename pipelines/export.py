@@ -29,12 +29,12 @@ def export(config: str | Path, weights: str, out: str | Path, size: int | None =
             side = size or model_cfg.input_size
             return export_onnx(model.eval(), out, side, side)
         case RecognizerConfig():
-            from tcm.recognition.build import build_recognizer
-            from tcm.recognition.export import export_recognizer
-
             if size is not None:
                 raise ValueError(f"--size is the detector's: a recogniser reads {model_cfg.image_size} crops "
                                  "(model.recognizer.image_size)")  # fmt: skip
+            from tcm.recognition.build import build_recognizer
+            from tcm.recognition.export import export_recognizer
+
             model = build_recognizer(model_cfg, pretrained=False)
             load_model_state(model, load_checkpoint(weights), model_cfg)
             return [p.name for p in export_recognizer(model.eval(), out)]

@@ -12,9 +12,10 @@ never reads the cross branch (`CLIP4STR.predict_visual` runs whole first), so th
 - `cross.onnx` (only with the cross branch): `memory`, `text_tokens` -> `cross_logits` (B, T, C) = the final
   `logits` (the AR cross prediction over stage 0's text, then one cloze refinement per later stage).
 
-The AR loops run all T = max_label_length + 1 steps (`early_stop=False`: no data-dependent exit; the logits equal
-the early-stopped ones, since the causal masks hide later steps and the refinement pads from the first [E]). The
-batch axis is dynamic. `recognizer.json` beside the graphs holds the `RecognizerConfig` (charsets, input size,
+The AR loops run all T = max_label_length + 1 steps: the graphs equal `model(images, early_stop=False)` (no
+data-dependent exit). The default early-stopping forward gives the same visual logits, but its cross branch runs
+only as many AR steps as the visual one took, so its final logits can differ (docs/recognition.md). The batch axis
+is dynamic. `recognizer.json` beside the graphs holds the `RecognizerConfig` (charsets, input size,
 normalisation), so `tcm.recognition.onnx_runtime.OnnxRecognizer` needs nothing else.
 """
 
