@@ -14,35 +14,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
+import sys
 import tempfile
-import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tcm.data.synth_words import render_word
-from tcm.recognition.build import build_recognizer
-from tcm.recognition.config import RecognizerConfig
-from tcm.recognition.export import export_recognizer
-from tcm.recognition.onnx_runtime import OnnxRecognizer
-from tcm.recognition.preprocess import preprocess
-
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(REPO))
+
+from benchmarks.rec_step import timed, write_results  # noqa: E402
+from tcm.data.synth_words import render_word  # noqa: E402
+from tcm.recognition.build import build_recognizer  # noqa: E402
+from tcm.recognition.config import RecognizerConfig  # noqa: E402
+from tcm.recognition.export import export_recognizer  # noqa: E402
+from tcm.recognition.onnx_runtime import OnnxRecognizer  # noqa: E402
+from tcm.recognition.preprocess import preprocess  # noqa: E402
+
 SECTION = "## Recognition ONNX Runtime vs PyTorch"
 SIZES = {"tiny": RecognizerConfig.tiny, "full": RecognizerConfig}  # full = CLIP4STR-B (ViT-B/16, 224x224)
-
-
-def timed(fn: Callable[[], object]) -> tuple[float, float]:
-    """(wall s, process CPU s) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def measure(size: str, args: argparse.Namespace, workdir: Path) -> dict[str, float]:
@@ -125,10 +118,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-        new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-        RESULTS.write_text(new)
+        write_results(SECTION, text)
 
 
 if __name__ == "__main__":
