@@ -52,9 +52,11 @@ def export_command(
                              "(multiple of 32); default: model.input_size. The batch axis is dynamic."),  # fmt: skip
 ) -> None:
     """Export the detector (up to its output maps, no decoding) or the recogniser (its two graphs: image encoder +
-    visual decoder, text encoder + cross decoder; fixed 26 decoding steps) to ONNX, with a dynamic batch axis."""
+    visual decoder, text encoder + cross decoder; a fixed max_label_length + 1 = 26 decoding steps) to ONNX, with a dynamic batch
+    axis."""
     from pipelines.checkpoint import CheckpointError
 
+    typer.echo(f"exporting {config} with {weights} (tracing: ~1 min for CLIP4STR-B on CPU) ...", err=True)
     try:
         names = export(config, weights, out, size)
     except (ConfigError, CheckpointError, ValueError) as err:
