@@ -29,6 +29,32 @@ class _TupleOutputs(nn.Module):
         return tuple(outputs[k] for k in self.keys)
 
 
+def trace_to_onnx(
+    module: nn.Module,
+    example: tuple[Tensor, ...],
+    path: str | Path,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> None:
+    """`torch.onnx.export` with torch's TorchScript-based exporter (`dynamo=False`: torch 2.14's default, the
+    torch.export-based one, needs onnxscript, which this project does not ship) at `OPSET`, tracing `module` (eval
+    mode) on `example`; the tracer's and the legacy exporter's expected warnings are silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its deprecation
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -38,8 +64,7 @@ def export_onnx(
 ) -> list[str]:
     """Export `model` (eval mode) for inputs of height x width (multiples of 32); the batch axis stays dynamic.
 
-    Returns the output names in graph order. Uses torch's TorchScript-based exporter (`dynamo=False`): the
-    torch.export-based one needs onnxscript, which this project does not ship.
+    Returns the output names in graph order (exported by `trace_to_onnx`).
     """
     if height % 32 or width % 32:
         raise ValueError(f"export size {height}x{width} must be a multiple of 32 (tcm/export.py)")
@@ -50,19 +75,8 @@ def export_onnx(
         with torch.no_grad():
             keys = list(model(example).keys())
         wrapper = _TupleOutputs(model, keys).eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter announces its deprecation
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: intended
-            torch.onnx.export(
-                wrapper,
-                (example,),
-                str(path),
-                input_names=["images"],
-                output_names=keys,
-                dynamic_axes={"images": {0: "batch"}, **{k: {0: "batch"} for k in keys}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
+        dynamic_axes = {"images": {0: "batch"}, **{k: {0: "batch"} for k in keys}}
+        trace_to_onnx(wrapper, (example,), path, ["images"], keys, dynamic_axes)
     finally:
         model.train(was_training)
     return keys

@@ -15,13 +15,26 @@ from open_clip.tokenizer import tokenize
 from open_clip.transformer import QuickGELU, TextTransformer, VisionTransformer
 from torch import Tensor, nn
 
+from tcm.recognition.charset import CharsetAdapter
 from tcm.recognition.config import RecognizerConfig
+from tcm.recognition.tokenizer import Tokenizer
 
 
 @lru_cache(maxsize=1 << 16)
 def _caption_ids(caption: str, context_length: int) -> tuple[int, ...]:
     """CLIP BPE ids of one caption (cached: predicted words repeat, and BPE text cleaning costs ~0.5 ms each)."""
     return tuple(tokenize([caption], context_length=context_length)[0].tolist())
+
+
+def caption_tokens(captions: Sequence[str], context_length: int) -> Tensor:
+    """CLIP BPE ids (B, Lc) int64 on CPU: SOT, tokens, EOT, zero padding; too long = truncated with EOT last."""
+    return torch.tensor([_caption_ids(c, context_length) for c in captions], dtype=torch.long)  # (B, Lc)
+
+
+def prediction_tokens(ids, tokenizer: Tokenizer, adapter: CharsetAdapter, context_length: int) -> Tensor:
+    """Greedy class ids (B, T) (a tensor or numpy array) -> the caption tokens (B, Lc) the text encoder reads: the
+    string cut at its first [E], through `adapter` (lowercase alphanumerics), then CLIP's BPE."""
+    return caption_tokens(tokenizer.ids_to_texts(ids, adapter), context_length)
 
 
 class ImageEncoder(nn.Module):
@@ -98,8 +111,7 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, captions: Sequence[str], device: torch.device | str | None = None) -> Tensor:
         """CLIP BPE ids (B, Lc): SOT, tokens, EOT, zero padding; too long = truncated with EOT last."""
-        ids = [_caption_ids(c, self.context_length) for c in captions]
-        return torch.tensor(ids, dtype=torch.long, device=device)  # (B, Lc)
+        return caption_tokens(captions, self.context_length).to(device)  # (B, Lc)
 
     def forward(self, tokens: Tensor) -> Tensor:
         clip = self.clip

@@ -25,7 +25,7 @@ from tcm.recognition.decoder import (
     gen_tgt_perms,
     generate_attn_masks,
 )
-from tcm.recognition.encoder import ImageEncoder, TextEncoder
+from tcm.recognition.encoder import ImageEncoder, TextEncoder, prediction_tokens
 from tcm.recognition.tokenizer import Tokenizer
 
 
@@ -66,17 +66,26 @@ class CLIP4STR(nn.Module):
 
     # -------------------------------------------------------------------------------------------- building blocks
 
-    def cross_memory(self, visual_logits: Tensor, memory: Tensor) -> Tensor:
-        """[memory (detached), CLIP text features of the greedy visual prediction]: (B, N + Lc, E).
-
-        The prediction is cut at its first [E] and passed through the cross charset adapter (36 lowercase
-        alphanumerics) before CLIP's BPE; nothing here carries a gradient back to the image branch."""
+    def caption_tokens(self, visual_logits: Tensor) -> Tensor:
+        """CLIP BPE ids (B, Lc) of the greedy visual prediction, cut at its first [E] and passed through the cross
+        charset adapter (36 lowercase alphanumerics): the string step between the two branches (Python, no graph;
+        `tcm/recognition/onnx_runtime.py` runs the same `prediction_tokens` between its two sessions)."""
         assert self.text_encoder is not None
         ids = visual_logits.detach().argmax(-1)  # (B, T)
-        captions = self.tokenizer.ids_to_texts(ids, self.cross_adapter)
-        tokens = self.text_encoder.tokenize(captions, memory.device)  # (B, Lc)
+        return prediction_tokens(ids, self.tokenizer, self.cross_adapter, self.text_encoder.context_length).to(
+            visual_logits.device
+        )
+
+    def text_memory(self, tokens: Tensor, memory: Tensor) -> Tensor:
+        """[memory (detached), CLIP text features of caption tokens (B, Lc)]: (B, N + Lc, E)."""
+        assert self.text_encoder is not None
         text = self.text_encoder(tokens)  # (B, Lc, E)
         return torch.cat([memory.detach(), text.to(memory.dtype)], dim=1)  # (B, N + Lc, E)
+
+    def cross_memory(self, visual_logits: Tensor, memory: Tensor) -> Tensor:
+        """[memory (detached), CLIP text features of the greedy visual prediction]: (B, N + Lc, E); nothing here
+        carries a gradient back to the image branch."""
+        return self.text_memory(self.caption_tokens(visual_logits), memory)
 
     def _bos(self, B: int, device: torch.device) -> Tensor:
         return torch.full((B, 1), self.tokenizer.bos_id, dtype=torch.long, device=device)  # (B, 1)
@@ -107,7 +116,7 @@ class CLIP4STR(nn.Module):
         B = memory.shape[0]
         ctx = torch.cat([self._bos(B, memory.device), previous[:, :-1].argmax(-1)], dim=1)  # (B, L)
         L = ctx.shape[1]
-        padding = (ctx == self.tokenizer.eos_id).cumsum(-1) > 0  # (B, L): the first [E] and everything after
+        padding = (ctx == self.tokenizer.eos_id).long().cumsum(-1) > 0  # (B, L): the first [E] and after (long: ONNX CumSum has no bool)
         return decoder(
             ctx,
             memory,
@@ -134,32 +143,41 @@ class CLIP4STR(nn.Module):
         max_length = cfg.max_label_length if max_length is None else min(max_length, cfg.max_label_length)
         T = max_length + 1  # + [E]
         memory = self.image_encoder(images)  # (B, N, E)
-        B = memory.shape[0]
-        cross_logits = None
-        if cfg.decode_ar:
-            visual_logits = self._decode_ar(self.visual_decoder, memory, T, T, early_stop)  # (B, T', C)
-            if self.cross_decoder is not None:
-                cross_mem = self.cross_memory(visual_logits, memory)  # (B, N + Lc, E)
-                steps = visual_logits.shape[1]  # as many steps as the visual prediction took
-                cross_logits = self._decode_ar(self.cross_decoder, cross_mem, T, steps, early_stop=False)
-        else:
-            # NAR: [B] alone as context, every position queried at once (works with the cross branch, unlike [C])
-            bos = self._bos(B, memory.device)
-            visual_logits = self.visual_decoder(bos, memory, queries=self.visual_decoder.pos_queries[:, :T])
-            if self.cross_decoder is not None:
-                cross_mem = self.cross_memory(visual_logits, memory)
-                cross_logits = self.cross_decoder(bos, cross_mem, queries=self.cross_decoder.pos_queries[:, :T])
-        for _ in range(refine_iters):
-            visual_logits = self._refine(self.visual_decoder, memory, visual_logits, T)  # (B, T, C)
-            if self.cross_decoder is not None:
-                assert cross_logits is not None
-                cross_mem = self.cross_memory(visual_logits, memory)  # recomputed from the refined prediction
-                cross_logits = self._refine(self.cross_decoder, cross_mem, cross_logits, T)  # (B, T, C)
-        outputs = {"visual_logits": visual_logits}
-        if cross_logits is not None:
-            outputs["cross_logits"] = cross_logits
-        outputs["logits"] = cross_logits if cross_logits is not None else visual_logits
+        stages = self.predict_visual(memory, T, early_stop, refine_iters)
+        outputs = {"visual_logits": stages[-1]}
+        if self.cross_decoder is not None:
+            tokens = torch.stack([self.caption_tokens(v) for v in stages], dim=1)  # (B, S, Lc): the string step
+            outputs["cross_logits"] = self.predict_cross(memory, tokens, T, steps=stages[0].shape[1])
+        outputs["logits"] = outputs.get("cross_logits", outputs["visual_logits"])
         return outputs
+
+    def predict_visual(self, memory: Tensor, T: int, early_stop: bool, refine_iters: int) -> list[Tensor]:
+        """The visual branch: [the prediction (AR: (B, T', C), T' <= T; NAR: (B, T, C)), then each of the
+        `refine_iters` cloze refinements (B, T, C)]. It never reads the cross branch, so it runs first whole."""
+        if self.cfg.decode_ar:
+            stages = [self._decode_ar(self.visual_decoder, memory, T, T, early_stop)]  # (B, T', C)
+        else:  # NAR: [B] alone as context, every position queried at once (works with the cross branch, unlike [C])
+            bos = self._bos(memory.shape[0], memory.device)  # (B, 1)
+            stages = [self.visual_decoder(bos, memory, queries=self.visual_decoder.pos_queries[:, :T])]
+        for _ in range(refine_iters):
+            stages.append(self._refine(self.visual_decoder, memory, stages[-1], T))  # (B, T, C)
+        return stages
+
+    def predict_cross(self, memory: Tensor, tokens: Tensor, T: int, steps: int) -> Tensor:
+        """The cross branch from the caption tokens (B, S, Lc) of the S visual stages (`caption_tokens` of each
+        `predict_visual` output): the prediction over memory + text of stage 0 (AR: `steps` steps, as many as the
+        visual prediction took), then one cloze refinement per later stage over its rebuilt memory. (B, T'', C)"""
+        cross_mem = self.text_memory(tokens[:, 0], memory)  # (B, N + Lc, E)
+        assert self.cross_decoder is not None
+        if self.cfg.decode_ar:
+            cross_logits = self._decode_ar(self.cross_decoder, cross_mem, T, steps, early_stop=False)
+        else:
+            bos = self._bos(memory.shape[0], memory.device)  # (B, 1)
+            cross_logits = self.cross_decoder(bos, cross_mem, queries=self.cross_decoder.pos_queries[:, :T])
+        for s in range(1, tokens.shape[1]):  # each refinement reads the memory of the refined visual prediction
+            cross_mem = self.text_memory(tokens[:, s], memory)  # (B, N + Lc, E)
+            cross_logits = self._refine(self.cross_decoder, cross_mem, cross_logits, T)  # (B, T, C)
+        return cross_logits
 
     # -------------------------------------------------------------------------------------------------- training
 
