@@ -431,7 +431,7 @@ def spot_images(
     init_ray()
     gpu = 1 if settings.use_gpu else 0
     ds = ray.data.read_binary_files(
-        paths, filesystem=loc.fs, include_paths=True, ray_remote_args={"num_cpus": settings.crop_cpus}
+        paths, filesystem=loc.fs, include_paths=True, num_cpus=settings.crop_cpus
     )
     ds = ds.map_batches(
         SpotDetectorActor,
