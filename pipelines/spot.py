@@ -567,6 +567,20 @@ def write_spots(
     return {"submission": str(out / "submission"), "spots": str(out / "spots.jsonl"), "report": str(out / "report.json")}
 
 
+def check_pair(det: str, rec: str, tracking_uri: str | None) -> bool:
+    """Load both models once on the driver: ValueError when --det is not a detector or --rec not a recogniser.
+    Returns whether the detector writes polygons (a poly-mode head) rather than quads."""
+    from pipelines import registry
+    from tcm.recognition.config import RecognizerConfig
+
+    det_cfg = registry.load_model(det, tracking_uri).detector
+    if isinstance(det_cfg, RecognizerConfig):
+        raise ValueError(f"--det {det}: a recogniser, not a detector")
+    if not isinstance(registry.load_model(rec, tracking_uri).detector, RecognizerConfig):
+        raise ValueError(f"--rec {rec}: a detector, not a recogniser")
+    return getattr(det_cfg.head, "mode", "quad") == "poly"
+
+
 def spot_command(
     det: str = typer.Option(..., "--det", help="Detector: models:/name@alias, runs:/<id>/model or a checkpoint folder (path, file://, s3://)."),
     rec: str = typer.Option(..., "--rec", help="Recogniser: models:/tcm-recognizer@champion, runs:/…/model or a checkpoint folder."),
@@ -597,8 +611,7 @@ def spot_command(
                             rec_actors=rec_actors, batch_size=batch_size, use_gpu=gpu)  # fmt: skip
     lex = (str(lexicon) if lexicon else None, str(lexicon_dir) if lexicon_dir else None)
     try:
-        det_model = registry.load_model(det, uri)  # fail fast, before Ray starts, on a bad URI or swapped pair
-        polygons = getattr(det_model.detector.head, "mode", "quad") == "poly"
+        polygons = check_pair(det, rec, uri)  # fail fast, before Ray starts, on a bad URI or a swapped pair
         results = spot_images(
             det, rec, images, settings, tracking_uri=uri, lexicon=lex[0], lexicon_dir=lex[1],
             progress=lambda done, total: typer.echo(f"spotted {done}/{total}", err=True) if done % 50 == 0 or done == total else None,

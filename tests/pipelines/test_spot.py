@@ -166,3 +166,18 @@ def test_degenerate_polygons_are_dropped_and_counted():
     assert len(crops) == 1 and kept == dets[:1]
     assert crops[0].shape == (21, 21, 3)  # vertices are pixel centres: 20 px side -> 21 samples
     assert dict(dropped) == {"area below 4 px^2": 1}
+
+
+def test_swapped_models_are_refused_before_ray_starts(spotted):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    root = spotted["root"]
+    result = CliRunner().invoke(
+        app, ["spot", "--det", str(root / "rec"), "--rec", str(root / "det"), "--images", str(spotted["images"]),
+              "--out", str(root / "swapped"), "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}"],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "a recogniser, not a detector" in result.output
+    assert not (root / "swapped").exists()
