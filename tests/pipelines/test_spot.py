@@ -55,6 +55,7 @@ def spotted(tmp_path_factory, ray_local):
     return {"root": root, "out": out, "images": images, "local": local}
 
 
+@pytest.mark.slow  # the shared Ray run (module fixture)
 def test_ray_pipeline_equals_the_local_loop(spotted):
     lines = [json.loads(x) for x in (spotted["out"] / "spots.jsonl").read_text().splitlines()]
     expected = [r.record() for r in spotted["local"] if r.error is None]
@@ -66,6 +67,7 @@ def test_ray_pipeline_equals_the_local_loop(spotted):
         assert scores == sorted(scores, reverse=True)
 
 
+@pytest.mark.slow  # the shared Ray run (module fixture)
 def test_undecodable_image_is_reported_and_the_rest_spotted(spotted):
     report = json.loads((spotted["out"] / "report.json").read_text())
     assert report["images"] == 6 and report["spotted"] == 5
@@ -81,6 +83,7 @@ def test_undecodable_image_is_reported_and_the_rest_spotted(spotted):
         assert im.size == (SIDE, SIDE)
 
 
+@pytest.mark.slow  # the shared Ray run (module fixture)
 def test_submission_parses_with_the_e2e_scorer(spotted):
     from pipelines.score_spotting import score_spotting
 
@@ -90,6 +93,7 @@ def test_submission_parses_with_the_e2e_scorer(spotted):
     assert len(result["per_image"]) == 5
 
 
+@pytest.mark.slow  # the shared Ray run (module fixture)
 def test_ground_truth_written_as_spots_scores_one(spotted, tmp_path):
     """The writer's corner order and transcription form are what the scorer reads: GT words written back as
     spots (reversed ring, shuffled start) give precision = recall = 1."""
@@ -168,6 +172,7 @@ def test_degenerate_polygons_are_dropped_and_counted():
     assert dict(dropped) == {"area below 4 px^2": 1}
 
 
+@pytest.mark.slow  # the shared Ray run (module fixture)
 def test_swapped_models_are_refused_before_ray_starts(spotted):
     from typer.testing import CliRunner
 
@@ -181,3 +186,22 @@ def test_swapped_models_are_refused_before_ray_starts(spotted):
     assert result.exit_code == 1
     assert "a recogniser, not a detector" in result.output
     assert not (root / "swapped").exists()
+
+
+@pytest.mark.slow  # the shared Ray run (module fixture)
+def test_lexicon_corrects_or_drops_the_pipeline_readings(spotted, tmp_path):
+    """A lexicon holding image 1's reading with one character changed (and upper-cased): image 1's word comes
+    back as the lexicon's spelling, image 2's different reading is dropped and counted."""
+    from pipelines.spot import SpotSettings, spot_images_local
+
+    first, second = spotted["local"][0], spotted["local"][1]
+    reading = first.spots[0].text
+    assert reading and reading != second.spots[0].text
+    word = ("x" if reading[0] != "x" else "y") + reading[1:].upper()  # distance 1 after case folding
+    (tmp_path / "words.txt").write_text(f"{word}\n")
+    root = spotted["root"]
+    paths = [spotted["images"] / first.name, spotted["images"] / second.name]
+    got = spot_images_local(str(root / "det"), str(root / "rec"), paths, SpotSettings(long_side=SIDE, short_side=SIDE),
+                            lexicons=Lexicons(file=str(tmp_path / "words.txt")))  # fmt: skip
+    assert [s.text for s in got[0].spots] == [word]
+    assert got[1].spots == [] and got[1].lexicon_dropped == len(second.spots)
