@@ -4,7 +4,6 @@ the submission files against our own end-to-end scorer."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +204,20 @@ def test_lexicon_corrects_or_drops_the_pipeline_readings(spotted, tmp_path):
                             lexicons=Lexicons(file=str(tmp_path / "words.txt")))  # fmt: skip
     assert [s.text for s in got[0].spots] == [word]
     assert got[1].spots == [] and got[1].lexicon_dropped == len(second.spots)
+
+
+def test_images_are_listed_from_a_bucket_with_names_relative_to_the_prefix(s3_env):
+    from pipelines.spot import list_images, relative_name
+    from pipelines.storage import StorageError
+
+    s3_env.create_bucket("photos")
+    client = s3_env.client()
+    for key in ("batch/a/img_2.JPG", "batch/img_1.png", "batch/notes.txt", "other/img_3.jpg", "text/notes.txt"):
+        client.put_object(Bucket="photos", Key=key, Body=b"x")
+    loc, paths = list_images("s3://photos/batch")
+    assert paths == ["photos/batch/a/img_2.JPG", "photos/batch/img_1.png"]  # by suffix, case-insensitive
+    assert [relative_name(p, loc.path) for p in paths] == ["a/img_2.JPG", "img_1.png"]
+    with pytest.raises(ValueError, match="no image files"):
+        list_images("s3://photos/text")
+    with pytest.raises(StorageError):
+        list_images("s3://photos/missing")
