@@ -27,6 +27,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("pipelines.evaluate", "evaluate_command"),
     "predict": ("pipelines.predict", "predict_command"),
     "recognize": ("pipelines.recognize", "recognize_command"),
+    "spot": ("pipelines.spot", "spot_command"),
     "check-targets": ("pipelines.check_targets", "check_targets_command"),
     "score": ("pipelines.score", "score_command"),
     "export": ("pipelines.export", "export_command"),
