@@ -126,6 +126,13 @@ def synth(
     task: str = typer.Option(
         "detection", "--task", help="detection: scene images with polygons; recognition: word images with labels."
     ),
+    style: str = typer.Option(
+        "varied",
+        "--style",
+        help="--task recognition only: varied (fonts, colours, blur, perspective, curves: the default) or clean "
+        "(one monospaced font, lower-case words <= 8 letters on a fixed canvas: the tiny CPU recipe's set, "
+        "docs/recognition.md).",
+    ),
 ) -> None:
     """Render synthetic scene-text images with exact polygons (or, --task recognition, word images with
     labels), written in a dataset's own format."""
@@ -135,7 +142,7 @@ def synth(
         from tcm.data.synth_words import write_dataset as write_words
 
         try:
-            words = write_words(format, out, n=n, seed=seed, split=split)
+            words = write_words(format, out, n=n, seed=seed, split=split, style=style)
         except ValueError as err:
             fail(str(err))
         typer.echo(f"wrote {len(words)} word images in {format} format to {out / split}")

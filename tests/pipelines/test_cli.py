@@ -61,3 +61,17 @@ def test_lazy_commands_list_their_docstrings_and_resolve_to_the_real_commands() 
     assert train.exit_code == 0 and "--config" in train.output and "--no-register" in train.output
     missing = CliRunner().invoke(app, ["train"])  # the real command: its required option is enforced
     assert missing.exit_code == 2 and "--config" in missing.output
+
+
+def test_synth_recognition_style_reaches_the_word_writer(tmp_path) -> None:
+    """`tcm synth --task recognition --style clean` writes the clean set (one image shape); a bad style is named."""
+    from PIL import Image
+
+    ok = CliRunner().invoke(app, ["synth", "--task", "recognition", "--format", "icdar2015-words", "--style", "clean",
+                                  "--out", str(tmp_path / "clean"), "--n", "6"])  # fmt: skip
+    assert ok.exit_code == 0, ok.output
+    shapes = {Image.open(p).size for p in (tmp_path / "clean" / "train").glob("*.png")}
+    assert len(shapes) == 1, shapes  # the clean style draws every word on one fixed canvas
+    bad = CliRunner().invoke(app, ["synth", "--task", "recognition", "--format", "lmdb", "--style", "fancy",
+                                   "--out", str(tmp_path / "bad"), "--n", "2"])  # fmt: skip
+    assert bad.exit_code == 1 and "fancy" in bad.output
