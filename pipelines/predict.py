@@ -16,6 +16,7 @@ import typer
 
 from pipelines import registry
 from pipelines.config import DataConfig
+from tcm.recognition.config import RecognizerConfig
 from tcm.types import Detection
 
 # from random weights the tiny preset needs ~700 steps to pass hmean 0.8 on synthetic text (pipelines/demo.py);
@@ -27,18 +28,20 @@ def model_warnings(loaded: registry.LoadedModel, tracking_uri: str | None) -> li
     """Why this model's output should not be trusted: its validation hmean is below the promotion floor, or it
     was trained from random weights (no CLIP weights, no warm start) for only a few steps."""
     from pipelines.config import MlflowConfig
+    from pipelines.tasks import task_for
 
     meta, exp = loaded.meta or {}, loaded.experiment or {}
     floor = MlflowConfig().promote_min_hmean
-    hmean = (meta.get("val") or {}).get("hmean")  # a checkpoint folder carries its latest validation
+    primary = task_for(loaded.detector).primary_metric  # hmean; a recogniser's word accuracy
+    hmean = (meta.get("val") or {}).get(primary)  # a checkpoint folder carries its latest validation
     if meta.get("mlflow_run_id") and tracking_uri:
         try:
-            hmean = registry.logged_val_hmean(tracking_uri, meta["mlflow_run_id"])
+            hmean = registry.logged_val_hmean(tracking_uri, meta["mlflow_run_id"], f"val/{primary}")
         except Exception:  # the run lives in another store: keep what the checkpoint says
             pass
     out = []
     if hmean is not None and hmean < floor:
-        out.append(f"its logged validation hmean {hmean:.4f} is below mlflow.promote_min_hmean {floor:g}")
+        out.append(f"its logged validation {primary} {hmean:.4f} is below mlflow.promote_min_hmean {floor:g}")
     random_init = not (exp.get("model") or {}).get("clip", {}).get("weights") and not (exp.get("train") or {}).get("init_from")
     steps = meta.get("global_step")
     if exp and random_init and steps is not None and int(steps) < FEW_STEPS:
@@ -133,6 +136,23 @@ def write_outputs(preds: Sequence[ImagePrediction], out: Path, overlays: bool = 
     return {"predictions": str(out / "predictions.json"), "submission": str(out / "submission")}
 
 
+def write_readings(loaded: registry.LoadedModel, images: Sequence[Path], out: Path) -> dict[str, str]:
+    """A recogniser's predictions: each image read as one word crop, written as `predictions.txt` in the ICDAR
+    2015 task 4.3 form with confidences (what `tcm recognize` writes; `tcm score --protocol recognition` reads it)
+    and `predictions.json`."""
+    from pipelines.recognize import recognize_files
+    from tcm.data.formats.words43 import WordLabel, write
+
+    readings = recognize_files(loaded.model, list(images))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "predictions.txt").write_bytes(write(WordLabel(name, text, conf) for name, text, conf in readings))
+    records = [{"image": str(p), "text": t, "confidence": round(float(c), 5)} for p, (_, t, c) in zip(images, readings, strict=True)]
+    (out / "predictions.json").write_text(json.dumps(records, indent=2))
+    for r in records:
+        typer.echo(f"{r['image']}: {r['text']!r} ({r['confidence']:.3f})")
+    return {"predictions": str(out / "predictions.json"), "words": str(out / "predictions.txt")}
+
+
 def predict_command(
     images: list[Path] = typer.Argument(..., help="Image files to detect text in.", exists=True, dir_okay=False),
     model: str = typer.Option(
@@ -145,7 +165,8 @@ def predict_command(
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip the overlay PNGs."),
 ) -> None:
-    """Detect text in images: polygons as JSON, RRC submission files and overlay PNGs."""
+    """Detect text in images: polygons as JSON, RRC submission files and overlay PNGs (a recogniser model: each
+    image read as a word crop, predictions in the ICDAR 2015 4.3 form)."""
     from pipelines.checkpoint import CheckpointError
     from pipelines.config import MlflowConfig
     from pipelines.storage import StorageError
@@ -157,7 +178,14 @@ def predict_command(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     for why in model_warnings(loaded, uri):
-        typer.echo(f"warning: {model}: {why}: expect few or meaningless detections", err=True)
+        typer.echo(f"warning: {model}: {why}: expect few or meaningless predictions", err=True)
+    match loaded.detector:
+        case RecognizerConfig():  # a CLIP4STR model: every image is one word crop
+            paths = write_readings(loaded, images, out)
+            typer.echo(json.dumps(paths, indent=2))
+            return
+        case _:
+            pass
     data = DataConfig.model_validate((loaded.experiment or {}).get("data", {}))
     preds = predict_images(
         loaded,

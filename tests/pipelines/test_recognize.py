@@ -3,6 +3,8 @@ the model's own decoding; a detector or an unreadable crop is a clear error."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 from PIL import Image
@@ -45,3 +47,26 @@ def test_recognize_writes_the_models_predictions_with_confidences(tmp_path):
     (tmp_path / "crops" / "word_9.png").write_bytes(b"not a png")
     broken = CliRunner().invoke(app, ["recognize", "--model", str(tmp_path / "ckpt"), "--images", str(tmp_path / "crops")])
     assert broken.exit_code == 1 and "word_9.png: not a readable image" in broken.output
+
+
+def test_predict_with_a_recogniser_reads_each_image_as_a_word(tmp_path):
+    """`tcm predict --model <recogniser>`: the same readings as `tcm recognize` (the model's own decoding), in the
+    4.3 form and as JSON."""
+    cfg = RecognizerConfig.tiny()
+    torch.manual_seed(1)
+    model = build_recognizer(cfg, pretrained=False).eval()
+    save_checkpoint(tmp_path / "ckpt", model, cfg)
+    rng = np.random.default_rng(1)
+    crops = [rng.integers(0, 255, (24, 70 + 10 * i, 3), dtype=np.uint8) for i in range(2)]
+    paths = []
+    for i, crop in enumerate(crops):
+        paths.append(tmp_path / f"word_{i + 1}.png")
+        Image.fromarray(crop).save(paths[-1])
+    res = CliRunner().invoke(app, ["predict", *map(str, paths), "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    with torch.inference_mode():
+        texts, confs = model.tokenizer.decode(model(preprocess(crops, cfg))["logits"])
+    got = parse((tmp_path / "out" / "predictions.txt").read_bytes(), "predictions.txt")
+    assert [(w.name, w.text) for w in got] == [("word_1.png", texts[0]), ("word_2.png", texts[1])]
+    records = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [r["text"] for r in records] == texts and np.allclose([r["confidence"] for r in records], confs, atol=1e-5)
