@@ -111,6 +111,8 @@ class RecognitionTask:
         return Tokenizer(model_cfg.charset)
 
     def train_dataset(self, cfg: Any, epoch: int) -> Any:
+        import ray.data
+
         from pipelines.train import train_split
         from pipelines.words import word_train_dataset
 
@@ -128,7 +130,14 @@ class RecognitionTask:
             cpus_per_task=d.cpus_per_task,
             deterministic=d.deterministic,
         )
-        return words.map_batches(token_batch, fn_kwargs={"charset": rec.charset, "max_length": rec.max_label_length})
+        # the encode stage's CPU share (and compute), so Ray Data fuses the two: with the default 1 CPU per task the
+        # token stage never got scheduled beside a sweep trial (driver 0.1 + 2 workers x 0.5 + encode 0.5 of 2 CPUs)
+        return words.map_batches(
+            token_batch,
+            fn_kwargs={"charset": rec.charset, "max_length": rec.max_label_length},
+            compute=ray.data.TaskPoolStrategy(size=d.num_workers),
+            num_cpus=d.cpus_per_task,
+        )
 
     def eval_dataset(self, cfg: Any, ref: Any, model_cfg: RecognizerConfig) -> Any:
         import ray.data
