@@ -240,6 +240,7 @@ class MlflowConfig(Strict):
     # detector that learned nothing (random init, a few steps) scores 0.0 (one frame-sized box or none per
     # image); 0.05 is far below any real detector (TCM-DB IC15 ~0.88, the tiny demo 0.8) and above noise. A
     # recogniser's floor is on its validation word accuracy (val/accuracy): a random one reads 0.0
+    # 0 turns the gate off, also for a run that never validated
     promote_min_hmean: float = Field(0.05, ge=0, le=1)
     log_model: bool = True  # mlflow.pytorch.log_model at the end of training
 

@@ -273,7 +273,10 @@ def register_version(tracking_uri: str, model_uri: str, name: str, tags: Mapping
 
 
 def promotion_refusal(hmean: float | None, floor: float, what: str = "validation hmean") -> str | None:
-    """None when a model may take an alias, else why not: its metric is missing or below the floor."""
+    """None when a model may take an alias, else why not: its metric is missing or below the floor. A floor of 0
+    turns the gate off (a smoke run, a workflow that trains without validation): a missing metric then passes."""
+    if hmean is None and floor <= 0:
+        return None
     if hmean is None:
         return f"no {what} logged (nothing shows the model detects text); mlflow.promote_min_hmean is {floor:g}"
     if hmean < floor:

@@ -70,6 +70,13 @@ def test_run_that_never_validated_gets_no_alias(store):
     assert "no validation hmean logged" in MlflowClient(uri).get_model_version("floor-b", version).tags[registry.PROMOTION_TAG]
 
 
+def test_floor_zero_turns_the_gate_off_even_without_a_logged_metric(store):
+    uri, _, logged_run = store
+    run_id, model_uri = logged_run(None)
+    version, promoted = registry.register_promoted(uri, model_uri, "floor-z", "best", run_id=run_id, floor=0.0)
+    assert promoted and str(MlflowClient(uri).get_model_version_by_alias("floor-z", "best").version) == version
+
+
 def test_floor_is_inclusive_and_explicit_metric_wins(store):
     uri, _, logged_run = store
     run_id, model_uri = logged_run(0.0)

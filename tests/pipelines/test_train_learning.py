@@ -122,7 +122,7 @@ def test_validation_gathered_from_two_workers_equals_one_process_on_the_same_row
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         outcome = run_training(cfg)
-    reported = {k: outcome.metrics[f"val_{k}"] for k in ("hmean", "precision", "recall")}
+    reported = {k: outcome.metrics[f"val/{k}"] for k in ("hmean", "precision", "recall")}
 
     loaded = load_model(outcome.checkpoint)  # the weights the workers validated (checkpointed right after)
     val = eval_datasets(cfg, cfg.data.val)
