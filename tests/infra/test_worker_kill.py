@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 TINY = "jobs/configs/tiny_cpu.yaml"
 SHARDS = "s3://tcm-data/shards/synth-ft"
 EPOCHS = 6
+EXPERIMENT = "worker-kill"  # not tiny_cpu.yaml's default "tcm": the README walkthrough logs there on the same stack
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -35,6 +36,7 @@ def ray_submit_argv(address: str, job_id: str) -> list[str]:
         "--set", "train.num_workers=1",
         "--set", "train.cpus_per_worker=1.5",  # more than the head's 1 CPU: the worker runs on worker-1 or -2
         "--set", "mlflow.registered_model=null",
+        "--set", f"mlflow.experiment={EXPERIMENT}",  # its own: the package's stack is shared with the walkthrough
     ]  # fmt: skip
 
 
@@ -107,7 +109,7 @@ def test_training_survives_losing_its_worker_node(stack, tmp_path):
     assert len(dead) == 1 and killed.removeprefix("ray-") in dead[0]["resources_total"]
 
     client = MlflowClient(stack.env["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("tcm")  # tiny_cpu.yaml's default
+    experiment = client.get_experiment_by_name(EXPERIMENT)
     (run,) = client.search_runs([experiment.experiment_id])  # the restarted worker logged into the same run
     assert run.info.status == "FINISHED" and run.data.metrics["epoch"] == EPOCHS
     assert int(run.data.tags["tcm.resumed_from_epoch"]) in resumed
