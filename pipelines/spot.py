@@ -694,21 +694,43 @@ def spot_command(
                             rec_actors=rec_actors, batch_size=batch_size, use_gpu=gpu)  # fmt: skip
     lex = (str(lexicon) if lexicon else None, str(lexicon_dir) if lexicon_dir else None)
     try:
-        polygons = check_pair(det, rec, uri)  # fail fast, before Ray starts, on a bad URI or a swapped pair
-        results = spot_images(
-            det, rec, images, settings, tracking_uri=uri, lexicon=lex[0], lexicon_dir=lex[1],
-            progress=lambda done, total: typer.echo(f"spotted {done}/{total}", err=True) if done % 50 == 0 or done == total else None,
-        )  # fmt: skip
+        summary = run_spot(det, rec, images, out, settings, tracking_uri=uri, lexicon=lex[0], lexicon_dir=lex[1],
+                           overlays=not no_overlays, echo=lambda line: typer.echo(line, err=True))  # fmt: skip
     except (CheckpointError, storage.StorageError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "polygons"}, indent=2))
+
+
+def run_spot(
+    det: str,
+    rec: str,
+    images: str,
+    out: Path,
+    settings: SpotSettings,
+    *,
+    tracking_uri: str | None,
+    lexicon: str | None = None,
+    lexicon_dir: str | None = None,
+    overlays: bool = True,
+    echo: Callable[[str], None] = lambda _line: None,
+) -> dict[str, Any]:
+    """`tcm spot` (and the workflow's spot stage): check the pair, run the pipeline, write the outputs. Returns
+    the output paths with the counts of report.json and whether the submission holds polygons."""
+    from pipelines import storage
+
+    polygons = check_pair(det, rec, tracking_uri)  # fail fast, before Ray starts, on a bad URI or a swapped pair
+    results = spot_images(
+        det, rec, images, settings, tracking_uri=tracking_uri, lexicon=lexicon, lexicon_dir=lexicon_dir,
+        progress=lambda done, total: echo(f"spotted {done}/{total}") if done % 50 == 0 or done == total else None,
+    )  # fmt: skip
     loc = storage.resolve(images)
-    report = run_report(results, settings, Lexicons(*lex))
+    report = run_report(results, settings, Lexicons(lexicon, lexicon_dir))
     paths = write_spots(
         results, out, polygons=polygons, report=report,
-        read_image=None if no_overlays else (lambda name: storage.read_bytes(loc.join(name))),
+        read_image=(lambda name: storage.read_bytes(loc.join(name))) if overlays else None,
     )  # fmt: skip
     for item in report["skipped"]:
-        typer.echo(f"warning: skipped {item['image']}: {item['reason']}", err=True)
-    typer.echo(json.dumps({**paths, "images": report["images"], "words": report["words"],
-                           "skipped": len(report["skipped"]), "degenerate_dropped": report["degenerate_dropped"]}, indent=2))  # fmt: skip
+        echo(f"warning: skipped {item['image']}: {item['reason']}")
+    return {**paths, "images": report["images"], "words": report["words"], "skipped": len(report["skipped"]),
+            "degenerate_dropped": report["degenerate_dropped"], "polygons": polygons}  # fmt: skip
