@@ -4,6 +4,7 @@ keeps the pair as tags; the in-memory scorer is `tcm score`'s on hand-perturbed 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import warnings
@@ -53,10 +54,11 @@ def models(synth) -> dict:
     from pipelines.checkpoint import save_checkpoint
     from tcm.build import build_detector
     from tcm.recognition.build import build_recognizer
+    from tcm.recognition.charset import CHARSET_36
     from tcm.recognition.config import RecognizerConfig
 
     cfg = load_config(TINY)
-    rec_cfg = RecognizerConfig.tiny()
+    rec_cfg = dataclasses.replace(RecognizerConfig.tiny(), charset=CHARSET_36)  # readings fit an annotation line
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -79,7 +81,27 @@ def models(synth) -> dict:
 
 
 @pytest.fixture(scope="module")
-def evaluated(synth, models, ray_local) -> dict:
+def spotted_files(synth, models) -> dict:
+    """What `tcm spot` writes for the pair on the raw images (the local loop, byte-identical to the Ray pipeline:
+    test_spot.py), in synth/spots; then every spotted word is added to its image's ground truth as read, so the
+    end-to-end scores below count real hits, not only zeros."""
+    from pipelines.spot import Lexicons, SpotSettings, run_report, spot_images_local
+
+    images = sorted((synth / "raw" / "test" / "images").iterdir())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local = spot_images_local(models["det_uri"], models["rec_uri"], images, tracking_uri=models["tracking_uri"])
+    assert sum(len(r.spots) for r in local) > 0  # the detector finds something: the scores compare real matching
+    write_spots(local, synth / "spots", polygons=False, report=run_report(local, SpotSettings(), Lexicons()))
+    gt_dir = synth / "raw" / "test" / "annotations"
+    for res in sorted((synth / "spots" / "submission").iterdir()):
+        gt = gt_dir / res.name.replace("res_", "gt_")
+        gt.write_text(gt.read_text() + res.read_text())  # appended: the original words keep their file order
+    return {"local": local, "submission": synth / "spots" / "submission", "gt": gt_dir}
+
+
+@pytest.fixture(scope="module")
+def evaluated(synth, models, spotted_files, ray_local) -> dict:
     """Ingest the 3 images and run the pair evaluation once on Ray (the shared, expensive part)."""
     import ray
 
@@ -103,21 +125,14 @@ def evaluated(synth, models, ray_local) -> dict:
 
 @pytest.mark.slow  # the shared Ray evaluation (module fixture)
 @pytest.mark.integration
-def test_logged_spotting_scores_equal_tcm_score_on_the_tcm_spot_files(evaluated, synth, models, tmp_path):
+def test_logged_spotting_scores_equal_tcm_score_on_the_tcm_spot_files(evaluated, spotted_files):
     """The run's e2e / word-spotting figures are `tcm score`'s on the submission `tcm spot` writes for the same
-    models and images (the local loop, byte-identical to the Ray pipeline: test_spot.py)."""
-    from pipelines.spot import Lexicons, SpotSettings, run_report, spot_images_local
-
-    images = sorted((synth / "raw" / "test" / "images").iterdir())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        local = spot_images_local(models["det_uri"], models["rec_uri"], images, tracking_uri=models["tracking_uri"])
-    assert sum(len(r.spots) for r in local) > 0  # the detector finds something: the scores compare real matching
-    write_spots(local, tmp_path, polygons=False, report=run_report(local, SpotSettings(), Lexicons()))
+    models and images."""
     metrics = evaluated["run"].data.metrics
+    assert metrics["test/e2e/recall"] > 0 and metrics["test/e2e/precision"] > 0  # the spotted words are hits
     for prefix, protocol in (("e2e", "e2e"), ("word_spotting", "word-spotting")):
-        result = _cli("score", "--protocol", protocol, "--gt", str(synth / "raw" / "test" / "annotations"),
-                      "--pred", str(tmp_path / "submission"), "--json")  # fmt: skip
+        result = _cli("score", "--protocol", protocol, "--gt", str(spotted_files["gt"]),
+                      "--pred", str(spotted_files["submission"]), "--json")  # fmt: skip
         assert result.exit_code == 0, result.output
         scored = json.loads(result.stdout)
         for key in ("hmean", "precision", "recall"):
