@@ -15,6 +15,7 @@ a non-quad as its min-area rectangle) and the task 4.4 parser, in memory, so the
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.spot import ImageSpots, SpotSettings
+
+log = logging.getLogger(__name__)
 
 SPOT_COLUMNS = ["id", "image", "polygons", "ignore", "texts"]  # what spotting evaluation reads of a unified row
 PROTOCOLS = {"e2e": "e2e", "word_spotting": "word-spotting"}  # metric prefix -> tcm score protocol
@@ -54,9 +57,16 @@ def spot_input_batch(batch: Any) -> dict[str, np.ndarray]:
 
 
 def spot_rows(
-    det: str, rec: str, refs: Sequence[Any], settings: SpotSettings, *, tracking_uri: str | None, seed: int = 0
+    det: str,
+    rec: str,
+    refs: Sequence[Any],
+    settings: SpotSettings,
+    *,
+    tracking_uri: str | None,
+    seed: int = 0,
+    num_workers: int = 1,
 ) -> SpottedRows:
-    """Run the `tcm spot` stages over the rows of every ref (ingested folder + split)."""
+    """Run the `tcm spot` stages over the rows of every ref (ingested folder + split); `num_workers` read tasks."""
     import pickle
 
     import ray.data
@@ -65,14 +75,14 @@ def spot_rows(
     from pipelines.spot import spot_dataset
 
     parts = [
-        select_rows([(ref.uri, 1.0)], ref.split, seed=seed, num_workers=1, cpus_per_task=settings.crop_cpus,
+        select_rows([(ref.uri, 1.0)], ref.split, seed=seed, num_workers=num_workers, cpus_per_task=settings.crop_cpus,
                     columns=SPOT_COLUMNS, shuffle_files=False)  # fmt: skip
         for ref in refs
     ]
     rows = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     rows = rows.map_batches(
         spot_input_batch, batch_format="pyarrow", batch_size=settings.batch_size, num_cpus=settings.crop_cpus,
-        compute=ray.data.TaskPoolStrategy(size=1),
+        compute=ray.data.TaskPoolStrategy(size=num_workers),
     )  # fmt: skip
     out = spot_dataset(rows, det, rec, settings, tracking_uri=tracking_uri, root=None)
     results, gt, readings = [], {}, {}
@@ -81,6 +91,8 @@ def spot_rows(
         results.append(result)
         gt[result.name] = json.loads(row["gt"])
         readings[result.name] = json.loads(row["gt_readings"])
+        if len(results) % 50 == 0:
+            log.info("spotted %d rows", len(results))
     if len(gt) != len(results):
         raise ValueError(f"row ids are not unique across {', '.join(f'{r.uri}#{r.split}' for r in refs)}")
     return SpottedRows(sorted(results, key=lambda r: r.name), gt, readings)
@@ -181,7 +193,8 @@ def evaluate_pair(
     from pipelines.spot import Lexicons, run_report
 
     settings = SpotSettings(det_actors=cfg.eval.num_actors, rec_actors=cfg.eval.num_actors, use_gpu=cfg.eval.use_gpu)
-    spotted = spot_rows(det, rec, refs, settings, tracking_uri=tracking_uri, seed=cfg.data.seed)
+    spotted = spot_rows(det, rec, refs, settings, tracking_uri=tracking_uri, seed=cfg.data.seed,
+                        num_workers=cfg.data.num_workers)  # fmt: skip
     metrics = score_spotted(spotted, polygons, cfg, folder)
     if folder is not None:
         report = run_report(spotted.results, settings, Lexicons())
