@@ -90,7 +90,7 @@ def spotted_files(synth, models) -> dict:
     images = sorted((synth / "raw" / "test" / "images").iterdir())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        local = spot_images_local(models["det_uri"], models["rec_uri"], images, tracking_uri=models["tracking_uri"])
+        local = spot_images_local(str(models["det"]), str(models["rec"]), images)  # the registered versions' weights
     assert sum(len(r.spots) for r in local) > 0  # the detector finds something: the scores compare real matching
     write_spots(local, synth / "spots", polygons=False, report=run_report(local, SpotSettings(), Lexicons()))
     gt_dir = synth / "raw" / "test" / "annotations"
