@@ -1,7 +1,8 @@
 """Cross-dataset evaluation: every model on every evaluation set -> an hmean matrix in MLflow.
 
 Training the models is a workflow's job (`tcm pipeline run`); this job takes their URIs. Rows are models
-(labelled by what they were trained on), columns evaluation sets. Each cell is one `run_evaluation` (its own
+(labelled by what they were trained on) or spotting pairs (`{label, det, rec}`: their cells are the end-to-end
+hmean of `tcm evaluate --rec`, on sets with transcriptions), columns evaluation sets. Each cell is one `run_evaluation` (its own
 MLflow run, nested under the matrix run); the matrix run holds the table (`cross_eval/hmean.json` via
 `log_table`, plus `cells.json` with precision/recall and `hmean.csv`) and an annotated heatmap PNG.
 
@@ -12,6 +13,7 @@ MLflow run, nested under the matrix run); the matrix run holds the table (`cross
     models:
       - {label: ic15, uri: "models:/tcm-ic15@champion"}
       - {label: td500, uri: "s3://bucket/runs/td500/checkpoint_epoch=1200"}
+      - {label: ic15+str, det: "models:/tcm-ic15@champion", rec: "models:/tcm-recognizer@champion"}
     datasets:
       - {label: ic15, uri: s3://bucket/ingested/ic15, split: test}
       - {label: td500, uri: s3://bucket/ingested/td500, split: test}
@@ -49,8 +51,26 @@ ARTIFACT_DIR = "cross_eval"
 
 
 class ModelSpec(Strict):
+    """A row: a model (`uri`: its cells are detection hmean) or a spotting pair (`det` + `rec`: end-to-end hmean)."""
+
     label: str = Field(min_length=1)  # the row: usually the training set's name
-    uri: str  # models:/…, runs:/… or a checkpoint folder (path, file://, s3://)
+    uri: str | None = None  # models:/…, runs:/… or a checkpoint folder (path, file://, s3://)
+    det: str | None = None  # a spotting pair: the detector's URI ...
+    rec: str | None = None  # ... and the recogniser's
+
+    @model_validator(mode="after")
+    def _model_or_pair(self) -> ModelSpec:
+        if (self.uri is None) == (self.det is None and self.rec is None) or (self.det is None) != (self.rec is None):
+            raise ValueError(f"model {self.label!r}: give `uri` (a model) or both `det` and `rec` (a spotting pair)")
+        return self
+
+    @property
+    def metric(self) -> str:
+        """The metric of this row's cells (run_evaluation's name)."""
+        return "test/hmean" if self.uri is not None else "test/e2e/hmean"
+
+    def describe(self) -> str:
+        return self.uri if self.uri is not None else f"{self.det} + {self.rec}"
 
 
 class EvalSet(Strict):
@@ -126,7 +146,7 @@ def run_cross_eval(cfg: CrossEvalConfig, *, echo: Callable[[str], None] = print)
     run_id = client.create_run(experiment_id, run_name=cfg.name, tags=tags).info.run_id
     tracking.log_datasets(tracking_uri, run_id, cfg.datasets)
     logger = registry.RunLogger(tracking_uri, run_id)
-    logger.params({f"model.{m.label}": m.uri for m in cfg.models})
+    logger.params({f"model.{m.label}": m.describe() for m in cfg.models})
     logger.params({f"data.{d.label}": f"{d.uri}#{d.split}" for d in cfg.datasets})
     try:
         cells = []
@@ -134,7 +154,7 @@ def run_cross_eval(cfg: CrossEvalConfig, *, echo: Callable[[str], None] = print)
             for d in cfg.datasets:
                 echo(f"cross-eval: {m.label} on {d.label}")
                 out = run_evaluation(
-                    m.uri,
+                    m.uri or str(m.det),
                     [d.ref()],
                     exp_cfg,
                     tracking_uri=tracking_uri,
@@ -142,12 +162,14 @@ def run_cross_eval(cfg: CrossEvalConfig, *, echo: Callable[[str], None] = print)
                     num_overlays=cfg.num_overlays,
                     run_name=f"{cfg.name}: {m.label} on {d.label}",
                     parent_run_id=run_id,
+                    rec=m.rec,
                 )
                 if out.mlflow_run_id:  # the same (model, data) run may exist from an earlier matrix
                     registry.RunLogger(tracking_uri, out.mlflow_run_id).tags({registry.PARENT_TAG: run_id})
+                prefix = m.metric.removesuffix("hmean")  # test/ or test/e2e/
                 cells.append({
-                    "model": m.label, "dataset": d.label, "eval_run_id": out.mlflow_run_id,
-                    **{k: float(out.metrics[f"test/{k}"]) for k in ("hmean", "precision", "recall")},
+                    "model": m.label, "dataset": d.label, "eval_run_id": out.mlflow_run_id, "metric": m.metric,
+                    **{k: float(out.metrics[f"{prefix}{k}"]) for k in ("hmean", "precision", "recall")},
                 })  # fmt: skip
         rows, cols = [m.label for m in cfg.models], [d.label for d in cfg.datasets]
         hmean = [[c["hmean"] for c in cells[i * len(cols) : (i + 1) * len(cols)]] for i in range(len(rows))]
@@ -168,7 +190,8 @@ def metric_key(label: str) -> str:
 def _log_matrix(
     logger: registry.RunLogger, rows: list[str], cols: list[str], hmean: list[list[float]], cells: list[dict[str, Any]]
 ) -> None:
-    logger.metrics({f"test/hmean/{metric_key(c['model'])}/{metric_key(c['dataset'])}": c["hmean"] for c in cells}, step=0)
+    # detection rows: test/hmean/<model>/<data>; spotting pairs: test/e2e/hmean/<model>/<data>
+    logger.metrics({f"{c['metric']}/{metric_key(c['model'])}/{metric_key(c['dataset'])}": c["hmean"] for c in cells}, step=0)
     table = {"model": rows, **{col: [hmean[i][j] for i in range(len(rows))] for j, col in enumerate(cols)}}
     logger.client.log_table(logger.run_id, data=table, artifact_file=f"{ARTIFACT_DIR}/hmean.json")
     logger.client.log_table(
@@ -195,7 +218,7 @@ def heatmap(rows: Sequence[str], cols: Sequence[str], values: Sequence[Sequence[
     ax.set_xticks(range(C), labels=list(cols), rotation=30, ha="right")
     ax.set_yticks(range(R), labels=list(rows))
     ax.set_xlabel("evaluated on")
-    ax.set_ylabel("model (trained on)")
+    ax.set_ylabel("model (trained on); spotting pairs: end-to-end hmean")
     for i in range(R):
         for j in range(C):
             v = float(values[i][j])
@@ -218,7 +241,7 @@ def format_matrix(rows: Sequence[str], cols: Sequence[str], values: Sequence[Seq
 
 
 def cross_eval_command(
-    config: Path = typer.Option(..., "--config", help="Cross-evaluation YAML: models (label, uri) and datasets (label, uri, split)."),
+    config: Path = typer.Option(..., "--config", help="Cross-evaluation YAML: models (label, uri; or label, det, rec for a spotting pair: end-to-end hmean) and datasets (label, uri, split)."),
     set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set models.0.uri=models:/m@champion (repeatable)."),
     json_out: bool = typer.Option(False, "--json", help="Print the matrix and cells as JSON after the table."),
 ) -> None:

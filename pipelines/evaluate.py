@@ -324,18 +324,24 @@ def run_evaluation(
     log_to_mlflow: bool = True,
     run_name: str | None = None,
     parent_run_id: str | None = None,
+    rec: str | None = None,
 ) -> EvalOutcome:
     """Evaluate `model_uri` (models:/…, runs:/… or a checkpoint folder) on ingested datasets `refs`.
 
-    Test scale, protocol and actor pool come from `cfg`, else from the config the model was trained with."""
+    Test scale, protocol and actor pool come from `cfg`, else from the config the model was trained with.
+    With `rec` (a recogniser), `model_uri` must be a detector: the pair is also scored end to end, by word
+    spotting and by word accuracy on the GT crops (pipelines.evaluate_spot), in the same run."""
+    from pipelines.spot import check_pair
     from pipelines.tasks import task_for
     from pipelines.train import eval_datasets, init_ray
 
-    init_ray()
     tracking_uri = registry.absolute_tracking_uri(
         tracking_uri or (cfg.mlflow.resolved_tracking_uri() if cfg else MlflowConfig().resolved_tracking_uri())
     )
-    loaded = registry.load_model(model_uri, tracking_uri)  # fails fast on a bad URI, before any actor starts
+    # a bad URI or a swapped pair fails here, before Ray or any actor starts
+    polygons = check_pair(model_uri, rec, tracking_uri, det_flag="--model") if rec else False
+    init_ray()
+    loaded = registry.load_model(model_uri, tracking_uri)
     cfg = config_for_model(loaded, cfg)
     if overrides:
         cfg = cfg.with_overrides(overrides, "--set")
@@ -344,9 +350,15 @@ def run_evaluation(
     with tempfile.TemporaryDirectory(prefix="tcm-eval-") as tmp:
         folder = out_dir or Path(tmp)
         metrics = task.score(rows, cfg, folder, num_samples=num_overlays, images=overlay_source(refs))
+        if rec:
+            from pipelines.evaluate_spot import evaluate_pair
+
+            spot_metrics, _ = evaluate_pair(model_uri, rec, refs, cfg, tracking_uri=tracking_uri, polygons=polygons,
+                                            folder=folder, num_overlays=num_overlays, images=overlay_source(refs))  # fmt: skip
+            metrics = {**metrics, **spot_metrics}
         run_id = None
         if log_to_mlflow:
-            run_id = _log_evaluation(tracking_uri, cfg, model_uri, refs, metrics, folder, run_name, parent_run_id)
+            run_id = _log_evaluation(tracking_uri, cfg, model_uri, refs, metrics, folder, run_name, parent_run_id, rec)
     return EvalOutcome({f"test/{k}": v for k, v in metrics.items()}, rows, str(out_dir) if out_dir else None, run_id)
 
 
@@ -359,9 +371,14 @@ def _log_evaluation(
     folder: Path,
     run_name: str | None,
     parent_run_id: str | None,
+    rec: str | None = None,
 ) -> str:
-    """One MLflow run per (model, data): evaluating the same pair again updates that run."""
+    """One MLflow run per (model [+ recogniser], data): evaluating the same again updates that run."""
     data = ",".join(f"{r.uri}#{r.split}" for r in refs)
+    models = f"{model_uri}+{rec}" if rec else model_uri
+    tags = {registry.MODEL_URI_TAG: model_uri, "tcm.kind": "evaluation"}
+    if rec:
+        tags |= {"tcm.rec_uri": rec, **registry.pair_run_tags(tracking_uri, model_uri, rec)}
     experiment_id = registry.ensure_experiment(
         tracking_uri, cfg.mlflow.experiment, registry.store_artifact_location(cfg.mlflow, tracking_uri),
         configured=cfg.mlflow.artifact_location is not None,
@@ -369,16 +386,18 @@ def _log_evaluation(
     run_id, _ = registry.get_or_create_run(
         tracking_uri,
         experiment_id,
-        registry.run_key(f"evaluate:{model_uri}", data),
-        run_name or f"evaluate {model_uri}",
+        registry.run_key(f"evaluate:{models}", data),
+        run_name or f"evaluate {models}",
         parent_run_id=parent_run_id,
-        tags={registry.MODEL_URI_TAG: model_uri, "tcm.kind": "evaluation"},
+        tags=tags,
     )
     tracking.log_datasets(tracking_uri, run_id, refs)
     logger = registry.RunLogger(tracking_uri, run_id)
-    logger.params({"model_uri": model_uri, "data": data, "protocol": cfg.eval.protocol})
+    logger.params({"model_uri": model_uri, "data": data, "protocol": cfg.eval.protocol} | ({"rec_uri": rec} if rec else {}))
     logger.metrics({f"test/{k}": v for k, v in metrics.items()}, step=0)
     logger.artifacts(folder, "evaluation")
+    if rec and registry.PAIR_DETECTOR_TAG in tags and registry.PAIR_RECOGNIZER_TAG in tags:
+        registry.tag_pair(tracking_uri, model_uri, rec)  # both registered: the versions record their partner
     registry.finish_run(tracking_uri, run_id)
     return run_id
 
@@ -388,6 +407,10 @@ def evaluate_command(
         ..., "--model", help="models:/name@alias, runs:/<id>/model, or a checkpoint folder (path, file:// or s3://)."
     ),
     data: list[str] = typer.Option(..., "--data", help="Ingested dataset folder or s3:// prefix (repeatable)."),
+    rec: str = typer.Option(
+        None, "--rec", help="A recogniser to pair with the --model detector: also log end-to-end and word-spotting "
+        "hmean (the IC15 E2E protocols, as `tcm score`) and word accuracy on the ground-truth crops, with spot overlays.",
+    ),
     split: str = typer.Option("test", "--split", help="Split of the ingested data to evaluate."),
     config: Path = typer.Option(
         None, "--config", help="Experiment YAML for test scale, protocol and MLflow (default: the model's own)."
@@ -400,7 +423,8 @@ def evaluate_command(
     overlays: int = typer.Option(4, "--overlays", min=0, help="Images to draw GT / matched / missed / false-positive overlays for."),
     no_mlflow: bool = typer.Option(False, "--no-mlflow", help="Do not record the evaluation as an MLflow run."),
 ) -> None:
-    """Evaluate a model on ingested data with the ICDAR protocol (Ray Data batch inference on an actor pool)."""
+    """Evaluate a model on ingested data with the ICDAR protocol (Ray Data batch inference on an actor pool);
+    with --rec, a detector + recogniser pair end to end as well."""
     from pipelines.checkpoint import CheckpointError
     from pipelines.storage import StorageError
 
@@ -415,6 +439,7 @@ def evaluate_command(
             out_dir=out,
             num_overlays=overlays,
             log_to_mlflow=not no_mlflow,
+            rec=rec,
         )
     except (ConfigError, CheckpointError, StorageError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)

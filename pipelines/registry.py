@@ -16,6 +16,7 @@ import copy
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -270,6 +271,49 @@ def register_version(tracking_uri: str, model_uri: str, name: str, tags: Mapping
 
     mlflow.set_tracking_uri(tracking_uri)
     return str(mlflow.register_model(model_uri, name, tags=dict(tags or {})).version)
+
+
+PAIR_DETECTOR_TAG = "tcm.pair.detector"  # on a pair's evaluation run: the detector's `name/version`
+PAIR_RECOGNIZER_TAG = "tcm.pair.recognizer"  # ... and the recogniser's
+SPOT_RECOGNIZER_TAG = "spot.recognizer"  # on a detector's model version: the recogniser it was last evaluated with
+SPOT_DETECTOR_TAG = "spot.detector"  # on a recogniser's model version: the detector it was last evaluated with
+_REGISTRY_URI = re.compile(r"models:/([^/@]+)(?:/([0-9]+)|@([^/]+))/?")  # models:/name/3, models:/name@champion
+
+
+def registered_version(tracking_uri: str, uri: str) -> tuple[str, str] | None:
+    """(name, version) of a `models:/name/<version>` or `models:/name@<alias>` URI (the alias resolved now);
+    None for anything else (runs:/, checkpoint folders, logged-model ids models:/m-…)."""
+    match = _REGISTRY_URI.fullmatch(uri)
+    if match is None:
+        return None
+    name, version, alias = match.groups()
+    if alias is not None:
+        version = tracking.client(tracking_uri).get_model_version_by_alias(name, alias).version
+    return name, str(version)
+
+
+def pair_run_tags(tracking_uri: str, det: str, rec: str) -> dict[str, str]:
+    """`tcm.pair.detector` / `tcm.pair.recognizer` = `name/version` for each of the pair given by registry URI."""
+    tags = {}
+    for key, uri in ((PAIR_DETECTOR_TAG, det), (PAIR_RECOGNIZER_TAG, rec)):
+        if (resolved := registered_version(tracking_uri, uri)) is not None:
+            tags[key] = "/".join(resolved)
+    return tags
+
+
+def tag_pair(tracking_uri: str, det: str, rec: str) -> tuple[str, str]:
+    """Record on the registry which versions work together: the detector's model version gets
+    `spot.recognizer = name/version` of the recogniser, the recogniser's `spot.detector` the detector's (a
+    later pair evaluation overwrites them). Both must be registry URIs. Returns the two `name/version`."""
+    client = tracking.client(tracking_uri)
+    d, r = registered_version(tracking_uri, det), registered_version(tracking_uri, rec)
+    for flag, uri, resolved in (("detector", det, d), ("recogniser", rec, r)):
+        if resolved is None:
+            raise ValueError(f"{flag} {uri}: not a registry URI (models:/name/<version> or models:/name@<alias>)")
+    assert d is not None and r is not None
+    client.set_model_version_tag(d[0], d[1], SPOT_RECOGNIZER_TAG, "/".join(r))
+    client.set_model_version_tag(r[0], r[1], SPOT_DETECTOR_TAG, "/".join(d))
+    return "/".join(d), "/".join(r)
 
 
 def promotion_refusal(hmean: float | None, floor: float, what: str = "validation hmean") -> str | None:

@@ -152,7 +152,7 @@ def score_spotting(
 ) -> dict:
     """Score a spotting submission folder; a JSON-ready dict (precision, recall, hmean, per_image, ...)."""
     try:
-        proto = resolve_spotting(protocol)
+        resolve_spotting(protocol)  # an unknown protocol is a SpottingScoreError before any file is read
     except ValueError as err:
         raise SpottingScoreError(str(err)) from None
     if gt_format is not None and protocol != "totaltext-e2e":
@@ -162,6 +162,24 @@ def score_spotting(
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     gt = _ground_truth(gt_dir, protocol, gt_format)
     preds = _predictions(pred_dir, protocol, confidences, gt, gt_dir)
+    named_gt = {k: (path.name, image) for k, (path, image) in gt.items()}
+    named_preds = {k: (path.name, parsed) for k, (path, parsed) in preds.items()}
+    return score_images(named_gt, named_preds, protocol, confidences)
+
+
+def score_images(
+    gt: dict[str, tuple[str, SpottingImage]],
+    preds: dict[str, tuple[str, SpottingFile]],
+    protocol: str = "e2e",
+    confidences: bool = False,
+) -> dict:
+    """The scores of in-memory spotting results, the one scoring function behind `tcm score` (its folders read
+    into these dicts) and `tcm evaluate --rec` (rows and spots): image key -> (ground-truth name, the image's
+    ground truth without detections) and key -> (prediction name, parsed submission lines). Every prediction
+    key must have ground truth; a GT image without one counts all its words as missed."""
+    proto = resolve_spotting(protocol)
+    if unknown := sorted(set(preds) - set(gt)):
+        raise SpottingScoreError(f"predictions without ground truth: {', '.join(unknown[:5])}")
     keys = sorted(gt, key=_natural)
     images = [_image(gt[k][1], preds[k][1] if k in preds else None) for k in keys]
     result = evaluate_spotting(images, proto, confidences=confidences)
@@ -169,8 +187,8 @@ def score_spotting(
     for k, im, res in zip(keys, images, result.per_image, strict=True):
         lines = im.det_lines[res.order]  # (D,) file line of each detection in matching order
         per_image[k] = {
-            "gt_file": gt[k][0].name,
-            "pred_file": preds[k][0].name if k in preds else None,
+            "gt_file": gt[k][0],
+            "pred_file": preds[k][0] if k in preds else None,
             "precision": res.precision,
             "recall": res.recall,
             "hmean": res.hmean,
@@ -198,7 +216,7 @@ def score_spotting(
         "per_image": per_image,
         "missing_predictions": [k for k in keys if k not in preds],
         "misoriented": {
-            preds[k][0].name: preds[k][1].misoriented for k in keys if k in preds and preds[k][1].misoriented
+            preds[k][0]: preds[k][1].misoriented for k in keys if k in preds and preds[k][1].misoriented
         },
     }
     if confidences:

@@ -266,7 +266,8 @@ class SpotReader:
         self.settings = settings
         self.lexicons = lexicons
 
-    def read(self, result: ImageSpots, crops: Sequence[np.ndarray], dets: Sequence[Detection]) -> ImageSpots:
+    def recognise(self, crops: Sequence[np.ndarray]) -> tuple[list[str], list[float]]:
+        """(readings, confidences) of RGB uint8 crops, rec_batch_size of them per forward; no lexicon."""
         import torch
 
         from tcm.recognition.preprocess import preprocess
@@ -280,6 +281,10 @@ class SpotReader:
                 t, c = self.model.tokenizer.decode(self.model(x)["logits"])
             texts += list(t)
             confs += [float(v) for v in c]
+        return texts, confs
+
+    def read(self, result: ImageSpots, crops: Sequence[np.ndarray], dets: Sequence[Detection]) -> ImageSpots:
+        texts, confs = self.recognise(crops)
         lexicon, result.lexicon_missing = self.lexicons.for_image(result.name)
         for det, text, conf in zip(dets, texts, confs, strict=True):
             if lexicon is not None:
@@ -333,14 +338,14 @@ def spot_images_local(
 class SpotDetectorActor:
     """Ray Data actor: one detector copy; rows {bytes, path} -> {name, bytes, width, height, dets, suppressed, error}."""
 
-    def __init__(self, model_uri: str, tracking_uri: str | None, settings: dict, root: str):
+    def __init__(self, model_uri: str, tracking_uri: str | None, settings: dict, root: str | None):
         self.detector = SpotDetector(model_uri, tracking_uri, SpotSettings(**settings))
-        self.root = root
+        self.root = root  # None: `path` is the name already (a row id, when evaluating ingested rows)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cols: dict[str, list] = {k: [] for k in ("name", "bytes", "width", "height", "dets", "suppressed", "error")}
         for data, path in zip(batch["bytes"], batch["path"], strict=True):
-            name = relative_name(str(path), self.root)
+            name = str(path) if self.root is None else relative_name(str(path), self.root)
             try:
                 W, H, dets, suppressed = self.detector.detect(bytes(data))
                 error = ""
@@ -349,7 +354,43 @@ class SpotDetectorActor:
                 dets, error = [], str(err)
             for key, value in zip(cols, (name, bytes(data), W, H, _dets_json(dets), suppressed, error), strict=True):
                 cols[key].append(value)
-        return {k: np.asarray(v, dtype=object if k in ("name", "bytes", "dets", "error") else np.int64) for k, v in cols.items()}
+        out = {k: np.asarray(v, dtype=object if k in ("name", "bytes", "dets", "error") else np.int64) for k, v in cols.items()}
+        return _with_gt(out, batch)
+
+
+def _with_gt(out: dict[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`out` plus the batch's ground-truth column when it has one (evaluation rows carry it to the driver)."""
+    return {**out, "gt": np.asarray(batch["gt"], dtype=object)} if "gt" in batch else out
+
+
+def gt_json(polygons: Sequence[Any], texts: Sequence[str], ignore: Sequence[bool]) -> str:
+    """A unified row's ground truth as the `gt` column: {"polygons": [flat x0, y0, ...], "texts", "ignore"}."""
+    flat = [np.asarray(p, dtype=np.float64).reshape(-1).tolist() for p in polygons]
+    return json.dumps({"polygons": flat, "texts": [str(t) for t in texts], "ignore": [bool(i) for i in ignore]})
+
+
+def gt_words(gt: Mapping[str, Any]) -> list[int]:
+    """Indices of the ground-truth instances a recogniser is scored on: transcribed and not don't care."""
+    from tcm.evaluation_e2e import DONT_CARE
+
+    return [i for i, (t, ig) in enumerate(zip(gt["texts"], gt["ignore"], strict=True)) if t and t != DONT_CARE and not ig]
+
+
+def crop_ground_truth(image_bgr: np.ndarray, gt: Mapping[str, Any]) -> tuple[list[np.ndarray], list[int], Counter]:
+    """RGB crops of the scored GT words (`gt_words`) by tcm.data.crops.crop_word, their instance indices, and
+    the degenerate ones by reason."""
+    from tcm.data.crops import DegenerateError, crop_word
+
+    rgb = image_bgr[:, :, ::-1]  # BGR -> RGB view; the crops are copies
+    crops, kept, dropped = [], [], Counter()
+    for i in gt_words(gt):
+        try:
+            crops.append(np.ascontiguousarray(crop_word(rgb, np.asarray(gt["polygons"][i], dtype=np.float64))))
+        except DegenerateError as err:
+            dropped[str(err).split(" (")[0]] += 1
+            continue
+        kept.append(i)
+    return crops, kept, dropped
 
 
 def crop_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -357,18 +398,28 @@ def crop_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     differently sized arrays per row)."""
     from tcm.data.transforms import decode_image
 
-    crops_col, dets_col, dropped_col = [], [], []
-    for data, dets_text, error in zip(batch["bytes"], batch["dets"], batch["error"], strict=True):
+    crops_col, dets_col, dropped_col, gt_crops_col = [], [], [], []
+    gts = batch["gt"] if "gt" in batch else [None] * len(batch["bytes"])
+    for data, dets_text, error, gt in zip(batch["bytes"], batch["dets"], batch["error"], gts, strict=True):
+        gt_crops: tuple[list, list, dict] = ([], [], {})
         if error:
             crops, kept, dropped = [], [], Counter()
         else:
-            crops, kept, dropped = crop_detections(decode_image(bytes(data)), _dets_parse(dets_text))
+            image = decode_image(bytes(data))
+            crops, kept, dropped = crop_detections(image, _dets_parse(dets_text))
+            if gt is not None:
+                g_crops, g_kept, g_dropped = crop_ground_truth(image, json.loads(gt))
+                gt_crops = (g_crops, g_kept, dict(g_dropped))
         crops_col.append(pickle.dumps(crops, protocol=pickle.HIGHEST_PROTOCOL))
         dets_col.append(_dets_json(kept))
         dropped_col.append(json.dumps(dict(dropped)))
+        gt_crops_col.append(pickle.dumps(gt_crops, protocol=pickle.HIGHEST_PROTOCOL))
     out = {k: batch[k] for k in ("name", "width", "height", "suppressed", "error")}
-    return {**out, "crops": np.asarray(crops_col, dtype=object), "dets": np.asarray(dets_col, dtype=object),
-            "degenerate": np.asarray(dropped_col, dtype=object)}  # fmt: skip
+    out = {**out, "crops": np.asarray(crops_col, dtype=object), "dets": np.asarray(dets_col, dtype=object),
+           "degenerate": np.asarray(dropped_col, dtype=object)}  # fmt: skip
+    if "gt" in batch:
+        out["gt_crops"] = np.asarray(gt_crops_col, dtype=object)  # pickled (crops, instance indices, degenerate)
+    return _with_gt(out, batch)
 
 
 class SpotReaderActor:
@@ -378,8 +429,10 @@ class SpotReaderActor:
         self.reader = SpotReader(model_uri, tracking_uri, SpotSettings(**settings), Lexicons(lexicon, lexicon_dir))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = []
+        results, readings = [], []
         for i, name in enumerate(batch["name"]):
+            if "gt_crops" in batch:
+                readings.append(json.dumps(self._read_ground_truth(pickle.loads(batch["gt_crops"][i]))))
             if batch["error"][i]:
                 results.append(pickle.dumps(_undecodable(str(name), ValueError(batch["error"][i]))))
                 continue
@@ -387,7 +440,16 @@ class SpotReaderActor:
                                 degenerate=json.loads(batch["degenerate"][i]), suppressed=int(batch["suppressed"][i]))  # fmt: skip
             self.reader.read(result, pickle.loads(batch["crops"][i]), _dets_parse(batch["dets"][i]))
             results.append(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
-        return {"name": batch["name"], "result": np.asarray(results, dtype=object)}
+        out = {"name": batch["name"], "result": np.asarray(results, dtype=object)}
+        if "gt_crops" in batch:
+            out["gt_readings"] = np.asarray(readings, dtype=object)
+        return _with_gt(out, batch)
+
+    def _read_ground_truth(self, gt_crops: tuple[list, list, dict]) -> dict[str, Any]:
+        """{"index": GT instance of each crop, "text", "confidence", "degenerate": GT words not cropped}."""
+        crops, index, degenerate = gt_crops
+        texts, confs = self.reader.recognise(crops)
+        return {"index": index, "text": texts, "confidence": confs, "degenerate": degenerate}
 
 
 def relative_name(path: str, root: str) -> str:
@@ -429,13 +491,38 @@ def spot_images(
     Lexicons(lexicon, lexicon_dir)  # a bad --lexicon fails here, before any actor starts
     loc, paths = list_images(images)
     init_ray()
-    gpu = 1 if settings.use_gpu else 0
     ds = ray.data.read_binary_files(
         paths, filesystem=loc.fs, include_paths=True, num_cpus=settings.crop_cpus
     )
+    ds = spot_dataset(ds, det, rec, settings, tracking_uri=tracking_uri, lexicon=lexicon, lexicon_dir=lexicon_dir,
+                      root=loc.path)  # fmt: skip
+    out = []
+    for row in ds.iter_rows():
+        out.append(pickle.loads(row["result"]))
+        progress(len(out), len(paths))
+    return sorted(out, key=lambda r: r.name)
+
+
+def spot_dataset(
+    ds: Any,
+    det: str,
+    rec: str,
+    settings: SpotSettings,
+    *,
+    tracking_uri: str | None,
+    lexicon: str | None = None,
+    lexicon_dir: str | None = None,
+    root: str | None = None,
+) -> Any:
+    """The spotting stages over a Ray Dataset of {bytes, path} rows (+ optional `gt`, a `gt_json` string):
+    -> {name, result (pickled ImageSpots)}; with `gt`, also `gt` and `gt_readings` (JSON: the recogniser's
+    readings of the ground-truth word crops). `root`: names are paths below it; None: `path` is the name."""
+    import ray.data
+
+    gpu = 1 if settings.use_gpu else 0
     ds = ds.map_batches(
         SpotDetectorActor,
-        fn_constructor_kwargs={"model_uri": det, "tracking_uri": tracking_uri, "settings": settings.model_dump(), "root": loc.path},
+        fn_constructor_kwargs={"model_uri": det, "tracking_uri": tracking_uri, "settings": settings.model_dump(), "root": root},
         batch_size=settings.batch_size, batch_format="numpy", num_gpus=gpu, num_cpus=settings.actor_cpus,
         compute=ray.data.ActorPoolStrategy(size=settings.det_actors),
     )  # fmt: skip
@@ -447,11 +534,7 @@ def spot_images(
         batch_size=settings.batch_size, batch_format="numpy", num_gpus=gpu, num_cpus=settings.actor_cpus,
         compute=ray.data.ActorPoolStrategy(size=settings.rec_actors),
     )  # fmt: skip
-    out = []
-    for row in ds.iter_rows():
-        out.append(pickle.loads(row["result"]))
-        progress(len(out), len(paths))
-    return sorted(out, key=lambda r: r.name)
+    return ds
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -567,15 +650,15 @@ def write_spots(
     return {"submission": str(out / "submission"), "spots": str(out / "spots.jsonl"), "report": str(out / "report.json")}
 
 
-def check_pair(det: str, rec: str, tracking_uri: str | None) -> bool:
-    """Load both models once on the driver: ValueError when --det is not a detector or --rec not a recogniser.
-    Returns whether the detector writes polygons (a poly-mode head) rather than quads."""
+def check_pair(det: str, rec: str, tracking_uri: str | None, det_flag: str = "--det") -> bool:
+    """Load both models once on the driver: ValueError when `det` (given as `det_flag`) is not a detector or
+    --rec not a recogniser. Returns whether the detector writes polygons (a poly-mode head) rather than quads."""
     from pipelines import registry
     from tcm.recognition.config import RecognizerConfig
 
     det_cfg = registry.load_model(det, tracking_uri).detector
     if isinstance(det_cfg, RecognizerConfig):
-        raise ValueError(f"--det {det}: a recogniser, not a detector")
+        raise ValueError(f"{det_flag} {det}: a recogniser, not a detector (give the detector there and the recogniser as --rec)")
     if not isinstance(registry.load_model(rec, tracking_uri).detector, RecognizerConfig):
         raise ValueError(f"--rec {rec}: a detector, not a recogniser")
     return getattr(det_cfg.head, "mode", "quad") == "poly"
@@ -611,21 +694,43 @@ def spot_command(
                             rec_actors=rec_actors, batch_size=batch_size, use_gpu=gpu)  # fmt: skip
     lex = (str(lexicon) if lexicon else None, str(lexicon_dir) if lexicon_dir else None)
     try:
-        polygons = check_pair(det, rec, uri)  # fail fast, before Ray starts, on a bad URI or a swapped pair
-        results = spot_images(
-            det, rec, images, settings, tracking_uri=uri, lexicon=lex[0], lexicon_dir=lex[1],
-            progress=lambda done, total: typer.echo(f"spotted {done}/{total}", err=True) if done % 50 == 0 or done == total else None,
-        )  # fmt: skip
+        summary = run_spot(det, rec, images, out, settings, tracking_uri=uri, lexicon=lex[0], lexicon_dir=lex[1],
+                           overlays=not no_overlays, echo=lambda line: typer.echo(line, err=True))  # fmt: skip
     except (CheckpointError, storage.StorageError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
+    typer.echo(json.dumps({k: v for k, v in summary.items() if k != "polygons"}, indent=2))
+
+
+def run_spot(
+    det: str,
+    rec: str,
+    images: str,
+    out: Path,
+    settings: SpotSettings,
+    *,
+    tracking_uri: str | None,
+    lexicon: str | None = None,
+    lexicon_dir: str | None = None,
+    overlays: bool = True,
+    echo: Callable[[str], None] = lambda _line: None,
+) -> dict[str, Any]:
+    """`tcm spot` (and the workflow's spot stage): check the pair, run the pipeline, write the outputs. Returns
+    the output paths with the counts of report.json and whether the submission holds polygons."""
+    from pipelines import storage
+
+    polygons = check_pair(det, rec, tracking_uri)  # fail fast, before Ray starts, on a bad URI or a swapped pair
+    results = spot_images(
+        det, rec, images, settings, tracking_uri=tracking_uri, lexicon=lexicon, lexicon_dir=lexicon_dir,
+        progress=lambda done, total: echo(f"spotted {done}/{total}") if done % 50 == 0 or done == total else None,
+    )  # fmt: skip
     loc = storage.resolve(images)
-    report = run_report(results, settings, Lexicons(*lex))
+    report = run_report(results, settings, Lexicons(lexicon, lexicon_dir))
     paths = write_spots(
         results, out, polygons=polygons, report=report,
-        read_image=None if no_overlays else (lambda name: storage.read_bytes(loc.join(name))),
+        read_image=(lambda name: storage.read_bytes(loc.join(name))) if overlays else None,
     )  # fmt: skip
     for item in report["skipped"]:
-        typer.echo(f"warning: skipped {item['image']}: {item['reason']}", err=True)
-    typer.echo(json.dumps({**paths, "images": report["images"], "words": report["words"],
-                           "skipped": len(report["skipped"]), "degenerate_dropped": report["degenerate_dropped"]}, indent=2))  # fmt: skip
+        echo(f"warning: skipped {item['image']}: {item['reason']}")
+    return {**paths, "images": report["images"], "words": report["words"], "skipped": len(report["skipped"]),
+            "degenerate_dropped": report["degenerate_dropped"], "polygons": polygons}  # fmt: skip

@@ -23,6 +23,8 @@ the environment; `vars` themselves may read the environment):
       - {name: train, kind: train, config: jobs/configs/tiny_cpu.yaml, set: {train.epochs: 2}}
       - {name: evaluate, kind: evaluate, from: train, data: [{uri: "${work}/data", split: test}]}
       - {name: register, kind: register, from: train, registered_model: tcm-demo, alias: champion}
+      - {name: spot, kind: spot, det: train, rec: models:/tcm-recognizer@champion, images: "${work}/raw/test/images",
+         out: "${work}/spots", gt: "${work}/raw/test/annotations"}   # gt: scored (protocol e2e) -> metrics
 
 `--set` addresses top-level keys (`vars.work=/tmp/w`, `storage=s3://b/p`) or a stage by name
 (`evaluate.data=[{uri: x, split: test}]`; `train.set.optim.lr=1e-3` sets one key of the stage's `set`).
@@ -134,6 +136,23 @@ class EvaluateStage(StageBase):
         return self
 
 
+class SpotStage(StageBase):
+    """`tcm spot` over a folder or s3:// prefix of images; with `gt`, the submission scored as `tcm score` does."""
+
+    kind: Literal["spot"]
+    det: str  # the name of an earlier train/tune stage, or a model URI / checkpoint folder (a stage name wins)
+    rec: str  # likewise, a recogniser
+    images: str  # folder or s3:// prefix (recursive)
+    out: str  # local folder: submission/, spots.jsonl, overlays/, report.json (+ score_<protocol>.json)
+    gt: str | None = None  # local folder of IC15 gt_img_<N>.txt (Total-Text <N>.txt): score the submission
+    # None: e2e for quad detectors, totaltext-e2e for poly-mode ones (the form their submission is written in)
+    protocol: Literal["e2e", "word-spotting", "totaltext-e2e"] | None = None
+    overlays: bool = True  # the overlay PNGs, as `tcm spot` without --no-overlays
+    det_actors: int = Field(1, ge=1)  # as `tcm spot`: one copy of each model fits the 2-core CI box
+    rec_actors: int = Field(1, ge=1)
+    gpu: bool = False
+
+
 class RegisterStage(StageBase):
     kind: Literal["register"]
     from_: str = Field(alias="from")  # an earlier train/tune stage
@@ -144,7 +163,8 @@ class RegisterStage(StageBase):
 
 
 Stage = Annotated[
-    SynthStage | IngestStage | TrainStage | TuneStage | EvaluateStage | RegisterStage, Field(discriminator="kind")
+    SynthStage | IngestStage | TrainStage | TuneStage | EvaluateStage | SpotStage | RegisterStage,
+    Field(discriminator="kind"),
 ]
 
 MODEL_STAGES = (TrainStage, TuneStage)  # stages whose outputs carry a model_uri for `from:`
@@ -160,6 +180,7 @@ class Workflow(Strict):
     @model_validator(mode="after")
     def _names_and_sources(self) -> Workflow:
         seen: dict[str, Any] = {}
+        all_names = {s.name for s in self.stages}
         for i, stage in enumerate(self.stages):
             if stage.name in seen:
                 raise ValueError(f"stages[{i}]: stage name {stage.name!r} is used twice (names must be unique)")
@@ -172,6 +193,12 @@ class Workflow(Strict):
                     f"stages[{i}] ({stage.name}): from: {source!r} must name an earlier train or tune stage "
                     f"(earlier ones: {', '.join(earlier) or 'none'})"
                 )
+            for field in ("det", "rec") if isinstance(stage, SpotStage) else ():
+                ref = getattr(stage, field)  # a stage name (it wins over a folder of that name) or a model URI
+                if ref in all_names and not isinstance(seen.get(ref), MODEL_STAGES):
+                    what = f"a {seen[ref].kind} stage" if ref in seen else "a later stage"
+                    raise ValueError(f"stages[{i}] ({stage.name}): {field}: {ref!r} is {what}, not an earlier train "
+                                     "or tune stage (name one with a model, or give a model URI)")  # fmt: skip
             seen[stage.name] = stage
         return self
 
@@ -466,6 +493,8 @@ def run_stage(stage: Any, ctx: Context) -> dict[str, Any]:
             return _tune(stage, ctx)
         case EvaluateStage():
             return _evaluate(stage, ctx)
+        case SpotStage():
+            return _spot(stage, ctx)
         case RegisterStage():
             return _register(stage, ctx)
         case _:
@@ -475,9 +504,7 @@ def run_stage(stage: Any, ctx: Context) -> dict[str, Any]:
 def _synth(stage: SynthStage) -> dict[str, Any]:
     from tcm.data.synth import write_dataset
 
-    if "://" in stage.out and not stage.out.startswith("file://"):
-        raise WorkflowError(f"stage {stage.name}: out {stage.out!r}: synthetic data is written to a local folder")
-    out = stage.out.removeprefix("file://")
+    out = _local(stage.out, stage.name, "out")  # synthetic data is written to a local folder
     images = {}
     for split, n in stage.splits.items():
         written = write_dataset(stage.format, out, n=n, seed=stage.seed, split=split, height=stage.size, width=stage.size)
@@ -561,6 +588,33 @@ def _evaluate(stage: EvaluateStage, ctx: Context) -> dict[str, Any]:
     headline = {f"test/{stage.name}/{k}": metrics[f"test/{k}"] for k in ("hmean", "precision", "recall")}
     registry.RunLogger(ctx.tracking_uri, ctx.parent_run_id).metrics(headline, step=0)
     return {"model_uri": model_uri, "metrics": metrics, "mlflow_run_id": outcome.mlflow_run_id}
+
+
+def _spot(stage: SpotStage, ctx: Context) -> dict[str, Any]:
+    from pipelines.score_spotting import score_spotting
+    from pipelines.spot import SpotSettings, run_spot
+
+    names = {s.name for s in ctx.wf.stages}
+    det, rec = (ctx.model_of(ref, checkpoint_ok=True) if ref in names else ref for ref in (stage.det, stage.rec))
+    out = Path(_local(stage.out, stage.name, "out"))
+    settings = SpotSettings(det_actors=stage.det_actors, rec_actors=stage.rec_actors, use_gpu=stage.gpu)
+    summary = run_spot(det, rec, stage.images, out, settings, tracking_uri=ctx.tracking_uri, overlays=stage.overlays,
+                       echo=ctx.echo)  # fmt: skip
+    outputs = {"det": det, "rec": rec, **summary}
+    if stage.gt is not None:
+        protocol = stage.protocol or ("totaltext-e2e" if summary["polygons"] else "e2e")
+        scored = score_spotting(_local(stage.gt, stage.name, "gt"), out / "submission", protocol)
+        (out / f"score_{protocol}.json").write_text(json.dumps(scored, indent=2))  # whole, like the other outputs
+        outputs["metrics"] = {f"{protocol}/{k}": float(scored[k]) for k in ("hmean", "precision", "recall")}
+        headline = {f"spot/{stage.name}/{k}": v for k, v in outputs["metrics"].items()}
+        registry.RunLogger(ctx.tracking_uri, ctx.parent_run_id).metrics(headline, step=0)
+    return outputs
+
+
+def _local(uri: str, stage: str, key: str) -> str:
+    if "://" in uri and not uri.startswith("file://"):
+        raise WorkflowError(f"stage {stage}: {key} {uri!r}: must be a local folder")
+    return uri.removeprefix("file://")
 
 
 def _register(stage: RegisterStage, ctx: Context) -> dict[str, Any]:

@@ -52,6 +52,17 @@ def test_config_errors_and_set(tmp_path):
     assert cfg.set == {"eval.protocol": "deteval"}
 
 
+def test_a_row_is_a_model_or_a_spotting_pair(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text(yaml.safe_dump({"models": [{"label": "p", "det": "/m/d"}], "datasets": [{"label": "d", "uri": "/d"}]}))
+    with pytest.raises(ConfigError, match=r"model 'p': give `uri` \(a model\) or both `det` and `rec`"):
+        load_cross_eval(path)
+    with pytest.raises(ConfigError, match=r"model 'p': give `uri`"):
+        load_cross_eval(path, ["models.0.uri=/m/x"])  # a model and half a pair
+    cfg = load_cross_eval(path, ["models.0.rec=/m/r"])
+    assert cfg.models[0].metric == "test/e2e/hmean" and cfg.models[0].describe() == "/m/d + /m/r"
+
+
 def test_example_yaml_reads_the_working_folder_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TCM_WORK", str(tmp_path))
     cfg = load_cross_eval(REPO / "jobs" / "pipelines" / "cross_eval_demo.yaml")
@@ -71,12 +82,18 @@ def test_printed_table_keeps_rows_and_columns():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, ray_local) -> dict[str, str]:
-    """Two checkpoints (hot, cold) and two ingested eval sets (synth, full)."""
+    """Three checkpoints (detectors hot and cold, a recogniser) and two ingested eval sets (synth, full)."""
     import ray
+
+    import dataclasses
 
     from pipelines.checkpoint import save_checkpoint
     from pipelines.ingest import ingest
+    from pipelines.spot import spot_images_local
     from tcm.build import build_detector
+    from tcm.recognition.build import build_recognizer
+    from tcm.recognition.charset import CHARSET_36
+    from tcm.recognition.config import RecognizerConfig
     from tcm.data.formats import get_format
     from tcm.data.synth import write_dataset
     from tcm.types import Instance
@@ -102,10 +119,19 @@ def world(tmp_path_factory, ray_local) -> dict[str, str]:
     (full / "annotations").mkdir(parents=True)
     rng = np.random.default_rng(0)
     whole = np.array([[2, 2], [125, 2], [125, 125], [2, 125]], dtype=np.float64)  # (4, 2): the whole 128 px image
-    for k in (1, 2):
-        name = form.image_name(str(k), ".jpg")
+    names = [form.image_name(str(k), ".jpg") for k in (1, 2)]
+    for name in names:
         cv2.imwrite(str(full / "images" / name), rng.integers(0, 255, (128, 128, 3), dtype=np.uint8))
-        (full / "annotations" / form.annotation_name(name)).write_bytes(form.write([Instance(whole, text="x")]))
+    # a random recogniser (lowercase alphanumerics) paired with `hot`: each `full` word's transcription is what the
+    # pair reads there, so the pair's end-to-end hmean is 1 on `full` (box IoU 124^2 / 128^2) and 0 on `synth`
+    rec_cfg = dataclasses.replace(RecognizerConfig.tiny(), charset=CHARSET_36)
+    save_checkpoint(root / "rec", build_recognizer(rec_cfg, pretrained=False), rec_cfg)
+    out["rec"] = str(root / "rec")
+    spotted = spot_images_local(out["hot"], out["rec"], [full / "images" / n for n in names])
+    for name, result in zip(names, spotted, strict=True):
+        (reading,) = [s.text for s in result.spots]  # the hot detector's one whole-image box
+        assert reading and result.name == name
+        (full / "annotations" / form.annotation_name(name)).write_bytes(form.write([Instance(whole, text=reading)]))
     for label in ("synth", "full"):
         ingest("icdar2015", str(root / f"raw-{label}" / "test"), str(root / label), "test", progress=lambda _m: None)
         out[label] = str(root / label)
@@ -165,3 +191,34 @@ def test_matrix_matches_run_evaluation_and_is_logged_with_a_heatmap(tmp_path, wo
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
     assert sorted(c.info.run_id for c in children) == sorted(c["eval_run_id"] for c in outcome["cells"])
     assert len(children) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_spotting_pair_cells_are_end_to_end_hmean(tmp_path, world):
+    """A pair row's cells are its end-to-end hmean: 1 on `full`, whose transcriptions are the pair's own readings
+    (its detection hmean, logged in the cell's run, is not what the matrix shows)."""
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = tmp_path / "cross.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "pairs", "mlflow": {"tracking_uri": db, "experiment": "pairs"}, "num_overlays": 0,
+        "models": [{"label": "hot-rec", "det": world["hot"], "rec": world["rec"]}],
+        "datasets": [{"label": "full", "uri": world["full"]}],  # one cell: the matrix layout is the test above's
+    }))  # fmt: skip
+    app = typer.Typer()
+    app.command()(cross_eval_command)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(app, ["--config", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.output[result.output.index("{") :])
+    assert outcome["hmean"] == [[1.0]]
+    cells = {c["dataset"]: c for c in outcome["cells"]}
+    assert cells["full"]["metric"] == "test/e2e/hmean" and cells["full"]["precision"] == cells["full"]["recall"] == 1.0
+    client = MlflowClient(db)
+    run = client.get_run(outcome["run_id"])
+    assert run.data.metrics["test/e2e/hmean/hot-rec/full"] == 1.0 and "test/hmean/hot-rec/full" not in run.data.metrics
+    assert run.data.params["model.hot-rec"] == f"{world['hot']} + {world['rec']}"
+    full_eval = client.get_run(cells["full"]["eval_run_id"])  # the cell's own run: detection beside end to end
+    assert full_eval.data.metrics["test/e2e/hmean"] == 1.0 and full_eval.data.metrics["test/hmean"] > 0.5
+    assert full_eval.data.params["rec_uri"] == world["rec"]

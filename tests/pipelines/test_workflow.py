@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from pipelines import workflow
-from pipelines.config import ConfigError
+from pipelines.config import ConfigError, load_config
 from pipelines.workflow import load_workflow, pipeline_run_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -257,3 +257,80 @@ def test_three_stage_workflow_resumes_at_evaluate_under_one_parent_run(tmp_path,
     assert third.exit_code == 0, third.output
     assert count_stages["register"] == 2 and count_stages["evaluate"] == 2
     assert [v.version for v in client.search_model_versions("name = 'tiny3'")] == [version.version]  # not registered twice
+
+
+# ------------------------------------------------------------------------------------------------ spot stage
+
+
+def test_spot_stage_models_must_be_earlier_model_stages_or_uris(tmp_path):
+    stages = [
+        {"name": "raw", "kind": "synth", "format": "icdar2015", "out": "o"},
+        {"name": "spot", "kind": "spot", "det": "raw", "rec": "models:/r@champion", "images": "o/test/images", "out": "s"},
+    ]
+    path = write_yaml(tmp_path / "wf.yaml", {"name": "s", "storage": "x", "stages": stages})
+    with pytest.raises(ConfigError, match=r"\(spot\): det: 'raw' is a synth stage, not an earlier train or tune stage"):
+        load_workflow(path)
+    stages[1] |= {"det": "checkpoints/det", "rec": "later"}
+    write_yaml(path, {"name": "s", "storage": "x", "stages": [*stages, {"name": "later", "kind": "synth", "format": "icdar2015", "out": "o"}]})
+    with pytest.raises(ConfigError, match=r"rec: 'later' is a later stage"):
+        load_workflow(path)
+    with pytest.raises(ConfigError, match=r"stages\[spot\]\.gpus: unknown key"):
+        load_workflow(path, ["spot.rec=models:/r/1", "spot.gpus=1"])
+    wf = load_workflow(path, ["spot.rec=models:/r/1"])
+    assert wf.stages[1].kind == "spot" and wf.stages[1].protocol is None and wf.stages[1].det == "checkpoints/det"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_spot_stage_scores_its_submission_and_is_skipped_when_done(tmp_path, ray_local, count_stages):
+    """synth -> spot (tiny random checkpoints, gt given): the recorded metrics are `tcm score`'s on the written
+    submission, the parent run carries them, and a re-run skips both stages."""
+    import ray
+    import torch
+
+    from pipelines.checkpoint import save_checkpoint
+    from pipelines.score_spotting import score_spotting
+    from tcm.build import build_detector
+    from tcm.recognition.build import build_recognizer
+    from tcm.recognition.config import RecognizerConfig
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    cfg = load_config(TINY)  # the detector's recorded config: test scale 128, the synthetic images' size
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save_checkpoint(tmp_path / "det", build_detector(cfg.detector(), pretrained=False), cfg.detector(),
+                        experiment=cfg.model_dump(mode="json"))  # fmt: skip
+        save_checkpoint(tmp_path / "rec", build_recognizer(RecognizerConfig.tiny(), pretrained=False), RecognizerConfig.tiny())
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = tmp_path / "records"
+    path = write_yaml(tmp_path / "wf.yaml", {
+        "name": "spotwf", "vars": {"work": str(tmp_path)}, "storage": "${work}/records",
+        "mlflow": {"tracking_uri": db, "experiment": "spotwf"},
+        "stages": [
+            {"name": "raw", "kind": "synth", "format": "icdar2015", "out": "${work}/raw", "splits": {"test": 3}},
+            {"name": "spot", "kind": "spot", "det": "${work}/det", "rec": "${work}/rec", "images": "${work}/raw/test/images",
+             "out": "${work}/spots", "gt": "${work}/raw/test/annotations"},
+        ],
+    })  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = cli("--config", str(path))
+    assert result.exit_code == 0, result.output
+    done = record(storage, "spotwf", "spot")
+    outputs = done["outputs"]
+    assert done["status"] == "done" and outputs["images"] == 3 and outputs["skipped"] == 0
+    assert sorted(p.name for p in (tmp_path / "spots" / "submission").iterdir()) == [f"res_img_{k}.txt" for k in (1, 2, 3)]
+    assert len(list((tmp_path / "spots" / "overlays").glob("*.png"))) == 3
+    lines = sum(len(p.read_text().splitlines()) for p in (tmp_path / "spots" / "submission").iterdir())
+    assert outputs["words"] == lines > 0  # the detector found words: the score below matched real boxes
+    expected = score_spotting(tmp_path / "raw" / "test" / "annotations", tmp_path / "spots" / "submission", "e2e")
+    assert outputs["metrics"] == {f"e2e/{k}": expected[k] for k in ("hmean", "precision", "recall")}
+    assert json.loads((tmp_path / "spots" / "score_e2e.json").read_text())["counts"] == expected["counts"]
+    (parent,) = workflow_runs(db, "spotwf")
+    assert parent.data.metrics["spot/spot/e2e/hmean"] == expected["hmean"]
+
+    again = cli("--config", str(path))
+    assert again.exit_code == 0, again.output
+    assert "skipping spot: done at" in again.output
+    assert count_stages == Counter({"raw": 1, "spot": 1}) and record(storage, "spotwf", "spot") == done
