@@ -154,3 +154,25 @@ class OnnxSpotReader:
         cfg = self.recognizer.cfg
         texts, confs = read_in_batches(crops, self.settings.rec_batch_size, lambda b: self.recognizer(preprocess_array(b, cfg)))
         return attach_readings(result, dets, texts, confs, self.lexicons)
+
+
+def record_differences(got: list[dict[str, Any]], expected: list[dict[str, Any]], tol: float = 1e-3) -> list[str]:
+    """What differs between two runs' spots.jsonl records beyond float tolerance (empty: the same spots): the
+    images, the number and order of spots, the integer corners the submission writes, the texts exactly; the
+    detection scores and recognition confidences within `tol`. How the runtimes are compared (test, benchmark)."""
+    if [r["image"] for r in got] != [r["image"] for r in expected]:
+        return ["the images differ"]
+    diffs = []
+    for g, e in zip(got, expected, strict=True):
+        if len(g["spots"]) != len(e["spots"]):
+            diffs.append(f"{g['image']}: {len(g['spots'])} spots vs {len(e['spots'])}")
+            continue
+        for k, (a, b) in enumerate(zip(g["spots"], e["spots"], strict=True)):
+            if not np.array_equal(np.rint(a["polygon"]), np.rint(b["polygon"])):
+                diffs.append(f"{g['image']} spot {k}: corners {a['polygon']} vs {b['polygon']}")
+            if a["text"] != b["text"]:
+                diffs.append(f"{g['image']} spot {k}: text {a['text']!r} vs {b['text']!r}")
+            if abs(a["score"] - b["score"]) > tol or abs(a["confidence"] - b["confidence"]) > tol:
+                diffs.append(f"{g['image']} spot {k}: score/confidence {a['score']}/{a['confidence']} vs "
+                             f"{b['score']}/{b['confidence']}")  # fmt: skip
+    return diffs

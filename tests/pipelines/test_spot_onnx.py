@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from pipelines.spot_onnx import record_differences
 
 REPO = Path(__file__).resolve().parents[2]
 SIDE = 128  # the synthetic images' size and the checkpoints' validation scale: one 128 x 128 forward each
@@ -82,18 +82,6 @@ def run_onnx_loop(root: Path, images: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def assert_same_spots(got: list[dict], expected: list[dict]) -> None:
-    """Same images, same number of spots in the same order, identical integer corners (what the submission
-    writes), identical texts; scores and confidences within float tolerance."""
-    assert [r["image"] for r in got] == [r["image"] for r in expected]
-    for g, e in zip(got, expected, strict=True):
-        assert len(g["spots"]) == len(e["spots"]), g["image"]
-        for a, b in zip(g["spots"], e["spots"], strict=True):
-            assert np.array_equal(np.rint(a["polygon"]), np.rint(b["polygon"])), g["image"]
-            assert a["text"] == b["text"], g["image"]
-            assert abs(a["score"] - b["score"]) <= 1e-3 and abs(a["confidence"] - b["confidence"]) <= 1e-3
-
-
 @pytest.mark.slow  # exports a tiny detector and recogniser (~15-30 s on 2 shared cores), then spots twice
 def test_onnxruntime_spots_equal_torch_without_importing_torch(exported):
     got = run_onnx_loop(exported["root"], exported["images"])
@@ -103,7 +91,7 @@ def test_onnxruntime_spots_equal_torch_without_importing_torch(exported):
     assert any(s["text"] for r in expected for s in r["spots"])
     assert [e is None for e in got["errors"]] == [r.error is None for r in exported["torch"]] == [True] * 5 + [False]
     assert got["errors"][-1].startswith("cannot decode image")  # img_9, skipped by both runtimes
-    assert_same_spots(got["records"], expected)
+    assert record_differences(got["records"], expected) == []
 
 
 @pytest.mark.slow  # the module's exports, and one Ray run (detector and recogniser actors on ONNX Runtime)
@@ -114,7 +102,7 @@ def test_cli_on_ray_with_onnxruntime_writes_the_same_spots(exported, ray_local):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in (out / "spots.jsonl").read_text().splitlines()]
-    assert_same_spots(lines, [r.record() for r in exported["torch"] if r.error is None])
+    assert record_differences(lines, [r.record() for r in exported["torch"] if r.error is None]) == []
     assert json.loads((out / "report.json").read_text())["settings"]["runtime"] == "onnxruntime"
 
 
@@ -182,3 +170,17 @@ def test_swapped_exports_are_named(fake_exports):
         check_pair(str(rec), str(det))
     with pytest.raises(ValueError, match="a detector export, not a recogniser"):
         check_pair(str(det / "detector.onnx"), str(det))
+
+
+def test_record_differences_sees_corners_texts_and_scores():
+    spot = {"polygon": [[0.0, 0.0], [10.4, 0.0], [10.4, 5.0], [0.0, 5.0]], "score": 0.9, "text": "ab", "confidence": 0.5}
+    base = [{"image": "a.jpg", "spots": [spot]}]
+    assert record_differences(base, base) == []
+    near = [{"image": "a.jpg", "spots": [{**spot, "polygon": [[0.0, 0.0], [10.49, 0.0], [10.4, 5.0], [0.0, 5.0]],
+                                          "score": 0.9004}]}]  # fmt: skip
+    assert record_differences(near, base) == []  # same integer corners, score within 1e-3
+    moved = [{"image": "a.jpg", "spots": [{**spot, "polygon": [[0.0, 0.0], [10.6, 0.0], [10.4, 5.0], [0.0, 5.0]]}]}]
+    assert record_differences(moved, base) == ["a.jpg spot 0: corners " + str(moved[0]["spots"][0]["polygon"]) + " vs " + str(spot["polygon"])]
+    assert record_differences([{"image": "a.jpg", "spots": [{**spot, "text": "aB"}]}], base) == ["a.jpg spot 0: text 'aB' vs 'ab'"]
+    assert len(record_differences([{"image": "a.jpg", "spots": [{**spot, "confidence": 0.6}]}], base)) == 1
+    assert record_differences([{"image": "a.jpg", "spots": []}], base) == ["a.jpg: 0 spots vs 1"]
