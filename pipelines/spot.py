@@ -656,12 +656,16 @@ def spot_command(
 ) -> None:
     """Spot text end to end: detect, crop, read (Ray Data); IC15 4.4 submission files, spots.jsonl, overlays."""
     from pipelines import registry, storage
-    from pipelines.checkpoint import CheckpointError
     from pipelines.config import MlflowConfig
 
     if runtime not in ("torch", "onnxruntime"):
         typer.echo(f"error: --runtime {runtime}: expected torch or onnxruntime", err=True)
         raise typer.Exit(2)
+    errors: tuple[type[Exception], ...] = (storage.StorageError, ValueError)
+    if runtime == "torch":  # pipelines.checkpoint imports torch: the onnxruntime driver never does
+        from pipelines.checkpoint import CheckpointError
+
+        errors += (CheckpointError,)
     if lexicon and lexicon_dir:
         typer.echo("error: give --lexicon or --lexicon-dir, not both", err=True)
         raise typer.Exit(2)
@@ -675,7 +679,7 @@ def spot_command(
             det, rec, images, settings, tracking_uri=uri, lexicon=lex[0], lexicon_dir=lex[1],
             progress=lambda done, total: typer.echo(f"spotted {done}/{total}", err=True) if done % 50 == 0 or done == total else None,
         )  # fmt: skip
-    except (CheckpointError, storage.StorageError, ValueError) as err:
+    except errors as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     loc = storage.resolve(images)

@@ -20,13 +20,20 @@ REPO = Path(__file__).resolve().parents[2]
 SIDE = 128  # the synthetic images' size and the checkpoints' validation scale: one 128 x 128 forward each
 DATA = {"val_long_side": SIDE, "val_short_side": SIDE}  # the detector checkpoint's data section -> the sidecar
 
-# the ONNX loop in a fresh interpreter: its spots as JSON, and whichever torch / open_clip modules got imported
+# in a fresh interpreter, what `tcm spot --runtime onnxruntime` does besides Ray (the CLI module, the driver's
+# check, the local loop, the output files and overlays): its spots as JSON, and whichever torch / open_clip
+# modules got imported
 ONNX_LOOP = """
 import json, sys
 from pathlib import Path
-from pipelines.spot import SpotSettings, spot_images_local
+import pipelines.cli
+from pipelines.spot import Lexicons, SpotSettings, check_pair, run_report, spot_images_local, write_spots
+settings = SpotSettings(runtime="onnxruntime", onnx_threads=1)
+polygons = check_pair(sys.argv[1], sys.argv[2], None, settings.runtime)
 paths = sorted(Path(sys.argv[3]).iterdir())
-results = spot_images_local(sys.argv[1], sys.argv[2], paths, SpotSettings(runtime="onnxruntime", onnx_threads=1))
+results = spot_images_local(sys.argv[1], sys.argv[2], paths, settings)
+report = run_report(results, settings, Lexicons())
+write_spots(results, Path(sys.argv[4]), polygons=polygons, report=report, read_image=lambda n: (Path(sys.argv[3]) / n).read_bytes())
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "open_clip"))
 print(json.dumps({"records": [r.record() for r in results], "errors": [r.error for r in results], "heavy": heavy}))
 """
@@ -34,7 +41,7 @@ print(json.dumps({"records": [r.record() for r in results], "errors": [r.error f
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Seeded tiny checkpoints (the recogniser with 8 decoding steps: a third of its export time), both exported
+    """Seeded tiny checkpoints (the recogniser with 5 decoding steps: a fifth of its export time), both exported
     with `tcm export`, 5 synthetic images and one undecodable file, and the PyTorch runtime's local loop on them."""
     import torch
     import yaml
@@ -49,7 +56,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("spot-onnx")
     det_yaml = REPO / "jobs" / "configs" / "tiny_cpu.yaml"
     config = yaml.safe_load((REPO / "jobs" / "configs" / "clip4str_tiny_cpu.yaml").read_text())
-    config["model"]["recognizer"]["max_label_length"] = 7
+    config["model"]["recognizer"]["max_label_length"] = 4
     rec_yaml = root / "rec.yaml"
     rec_yaml.write_text(yaml.safe_dump(config))
     threads = torch.get_num_threads()
@@ -75,7 +82,7 @@ def exported(tmp_path_factory):
 def run_onnx_loop(root: Path, images: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-c", ONNX_LOOP, str(root / "det_onnx"), str(root / "rec_onnx"), str(images)],
+        [sys.executable, "-c", ONNX_LOOP, str(root / "det_onnx"), str(root / "rec_onnx"), str(images), str(root / "local")],
         capture_output=True, text=True, env=env, timeout=300, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -85,7 +92,8 @@ def run_onnx_loop(root: Path, images: Path) -> dict:
 @pytest.mark.slow  # exports a tiny detector and recogniser (~15-30 s on 2 shared cores), then spots twice
 def test_onnxruntime_spots_equal_torch_without_importing_torch(exported):
     got = run_onnx_loop(exported["root"], exported["images"])
-    assert got["heavy"] == []  # neither torch nor open_clip was imported by the whole ONNX spot loop
+    assert got["heavy"] == []  # neither torch nor open_clip was imported by the whole ONNX spot
+    assert (exported["root"] / "local" / "overlays" / "img_1.png").is_file()
     expected = [r.record() for r in exported["torch"]]
     assert sum(len(r["spots"]) for r in expected) > 0  # the comparison covers crops and readings
     assert any(s["text"] for r in expected for s in r["spots"])
