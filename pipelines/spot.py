@@ -55,6 +55,9 @@ class SpotSettings(BaseModel):
     use_gpu: bool = False
     runtime: Literal["torch", "onnxruntime"] = "torch"  # torch: checkpoints / registry URIs; onnxruntime: exports
     onnx_threads: int = Field(0, ge=0)  # 0: OMP_NUM_THREADS (Ray sets it per actor) else ORT's default, one per core
+    # PyTorch recogniser: stop decoding once every word of the batch ended (the model's default, fastest); False runs
+    # all max_label_length + 1 steps, as the ONNX graphs always do: the same readings in both runtimes
+    rec_early_stop: bool = True
 
 
 # ------------------------------------------------------------------------------------------------ NMS, lexicon
@@ -313,7 +316,7 @@ class SpotReader:
         def recognise(batch: list[np.ndarray]) -> tuple[list[str], list[float]]:
             with torch.inference_mode():
                 x = preprocess(batch, self.model.cfg).to(self.device)  # (B, 3, H, W)
-                return self.model.tokenizer.decode(self.model(x)["logits"])
+                return self.model.tokenizer.decode(self.model(x, early_stop=self.settings.rec_early_stop)["logits"])
 
         texts, confs = read_in_batches(crops, self.settings.rec_batch_size, recognise)
         return attach_readings(result, dets, texts, confs, self.lexicons)
@@ -653,6 +656,7 @@ def spot_command(
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per actor."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip the overlay PNGs."),
+    fixed_steps: bool = typer.Option(False, "--fixed-steps", help="PyTorch recogniser: run all decoding steps rather than stop once every word ended, as the ONNX graphs do (the same readings in both runtimes; docs/onnx_spot.md)."),
 ) -> None:
     """Spot text end to end: detect, crop, read (Ray Data); IC15 4.4 submission files, spots.jsonl, overlays."""
     from pipelines import registry, storage
@@ -671,7 +675,8 @@ def spot_command(
         raise typer.Exit(2)
     uri = registry.absolute_tracking_uri(tracking_uri or MlflowConfig().resolved_tracking_uri())
     settings = SpotSettings(long_side=long_side, short_side=short_side, min_score=min_score, det_actors=det_actors,
-                            rec_actors=rec_actors, batch_size=batch_size, use_gpu=gpu, runtime=runtime)  # fmt: skip
+                            rec_actors=rec_actors, batch_size=batch_size, use_gpu=gpu, runtime=runtime,
+                            rec_early_stop=not fixed_steps)  # fmt: skip
     lex = (str(lexicon) if lexicon else None, str(lexicon_dir) if lexicon_dir else None)
     try:
         polygons = check_pair(det, rec, uri, runtime)  # fail fast, before Ray starts, on a bad URI or a swapped pair

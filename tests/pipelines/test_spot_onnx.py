@@ -1,5 +1,6 @@
 """`tcm spot --runtime onnxruntime`: the `tcm export` folders of a tiny detector + recogniser give the PyTorch
-runtime's spots (same integer corners, same texts, scores within float tolerance) with no torch in the process;
+runtime's spots (same integer corners, same texts, scores within float tolerance; PyTorch with all decoding steps,
+`--fixed-steps`, as the graphs run them) with no torch in the process;
 what is not an export (a checkpoint, a missing file, the pair swapped) is refused by name."""
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def exported(tmp_path_factory):
         write_dataset("icdar2015", root / "data", 5, seed=3, split="test", height=SIDE, width=SIDE)
         images = root / "data" / "test" / "images"
         (images / "img_9.jpg").write_bytes(b"\xff\xd8 truncated jpeg")  # skipped by both runtimes alike
-        torch_spots = spot_images_local(str(root / "det"), str(root / "rec"), sorted(images.iterdir()), SpotSettings())
+        # all decoding steps, as the graphs (with early stop a word the visual branch ended early can read otherwise)
+        settings = SpotSettings(rec_early_stop=False)
+        torch_spots = spot_images_local(str(root / "det"), str(root / "rec"), sorted(images.iterdir()), settings)
     finally:
         torch.set_num_threads(threads)
     return {"root": root, "images": images, "torch": torch_spots}
