@@ -80,15 +80,24 @@ def decode_batch(
     with torch.inference_mode():
         outputs = model(images)
     B = images.shape[0]
-    per_image = []
-    for i in range(B):
-        maps = {k: v[i].float().cpu().numpy() for k, v in outputs.items()}  # one image, no batch dim
-        dets = codec.decode(maps, scale=scales[i])
-        if sizes is not None:
-            W, H = sizes[i]
-            dets = [Detection(np.clip(d.points, 0, [W, H]), d.score) for d in dets]  # (P, 2) clipped
-        per_image.append(dets)
-    return per_image
+    return [
+        decode_maps(codec, {k: v[i].float().cpu().numpy() for k, v in outputs.items()}, scales[i],  # one image
+                    None if sizes is None else sizes[i])  # fmt: skip
+        for i in range(B)
+    ]
+
+
+def decode_maps(
+    codec: Any, maps: Mapping[str, np.ndarray], scale: tuple[float, float], size: tuple[int, int] | None
+) -> list[Detection]:
+    """One image's output maps (no batch axis) -> its polygons in original pixels, clipped to `size` (width,
+    height) when given: the /32 padding beyond the image scales to coordinates past its edge. Numpy only (the
+    ONNX Runtime spotter decodes with it too)."""
+    dets = codec.decode(dict(maps), scale=scale)
+    if size is not None:
+        W, H = size
+        dets = [Detection(np.clip(d.points, 0, [W, H]), d.score) for d in dets]  # (P, 2) clipped
+    return dets
 
 
 def _sizes(batch: Mapping[str, Any], sel: Sequence[int]) -> list[tuple[int, int]] | None:

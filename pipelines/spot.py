@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import typer
@@ -53,6 +53,11 @@ class SpotSettings(BaseModel):
     batch_size: int = Field(4, ge=1)  # images per actor batch: small keeps the stream moving on few images
     rec_batch_size: int = Field(64, ge=1)  # crops per recogniser forward (within one image)
     use_gpu: bool = False
+    runtime: Literal["torch", "onnxruntime"] = "torch"  # torch: checkpoints / registry URIs; onnxruntime: exports
+    onnx_threads: int = Field(0, ge=0)  # 0: OMP_NUM_THREADS (Ray sets it per actor) else ORT's default, one per core
+    # PyTorch recogniser: stop decoding once every word of the batch ended (the model's default, fastest); False runs
+    # all max_label_length + 1 steps, as the ONNX graphs always do: the same readings in both runtimes
+    rec_early_stop: bool = True
 
 
 # ------------------------------------------------------------------------------------------------ NMS, lexicon
@@ -184,8 +189,26 @@ def _dets_parse(text: str) -> list[Detection]:
     return [Detection(np.asarray(d["p"], dtype=np.float64).reshape(-1, 2), d["s"]) for d in json.loads(text)]
 
 
+def detector_input(
+    data: bytes, long_side: int, short_side: int, max_side: int | None, cfg: Any
+) -> tuple[int, int, np.ndarray, tuple[float, float]]:
+    """Encoded image -> (W, H, the normalised test-size input (3, H', W') float32, scale back to the original).
+    ValueError: undecodable. Both runtimes' detectors start here."""
+    from tcm.data.transforms import decode_image, normalize, resize_for_test
+
+    image = decode_image(data)  # (H, W, 3) uint8 BGR
+    H, W = image.shape[:2]
+    resized, scale = resize_for_test(image, long_side, short_side, max_side=max_side)  # /32 padded
+    return W, H, normalize(resized, cfg.pixel_mean, cfg.pixel_std), scale
+
+
+def rank_detections(dets: Sequence[Detection], settings: SpotSettings) -> tuple[list[Detection], int]:
+    """--min-score, then polygon NMS in descending score: (kept, suppressed). Both runtimes' detectors end here."""
+    return polygon_nms([d for d in dets if d.score >= settings.min_score], settings.nms_iou)
+
+
 class SpotDetector:
-    """Decode, test-resize (the detector's validation scale, /32 padding), detect one image, NMS."""
+    """Decode, test-resize (the detector's validation scale, /32 padding), detect one image, NMS (PyTorch)."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None, settings: SpotSettings):
         import torch
@@ -211,21 +234,11 @@ class SpotDetector:
     def detect(self, data: bytes) -> tuple[int, int, list[Detection], int]:
         """(width, height, detections in descending score after NMS, suppressed). ValueError: undecodable."""
         from pipelines.evaluate import predict_eval_batch
-        from tcm.data.transforms import decode_image, normalize, resize_for_test
 
-        image = decode_image(data)  # (H, W, 3) uint8 BGR
-        H, W = image.shape[:2]
-        resized, scale = resize_for_test(image, self.long_side, self.short_side, max_side=self.max_side)
-        batch = {
-            "image": [normalize(resized, self.cfg.pixel_mean, self.cfg.pixel_std)],  # (3, H', W') float32
-            "scale": np.asarray([scale], dtype=np.float64),
-            "width": [W],
-            "height": [H],
-        }
+        W, H, image, scale = detector_input(data, self.long_side, self.short_side, self.max_side, self.cfg)
+        batch = {"image": [image], "scale": np.asarray([scale], dtype=np.float64), "width": [W], "height": [H]}
         dets = predict_eval_batch(self.model, self.codec, batch, [0], self.device)[0]
-        dets = [d for d in dets if d.score >= self.settings.min_score]
-        kept, suppressed = polygon_nms(dets, self.settings.nms_iou)
-        return W, H, kept, suppressed
+        return (W, H, *rank_detections(dets, self.settings))
 
 
 def crop_detections(image_bgr: np.ndarray, dets: Sequence[Detection]) -> tuple[list[np.ndarray], list[Detection], Counter]:
@@ -249,8 +262,37 @@ def crop_detections(image_bgr: np.ndarray, dets: Sequence[Detection]) -> tuple[l
     return crops, kept, dropped
 
 
+def read_in_batches(
+    crops: Sequence[np.ndarray], step: int, recognise: Callable[[list[np.ndarray]], tuple[list[str], list[float]]]
+) -> tuple[list[str], list[float]]:
+    """`recognise` over `step` crops at a time: (texts, confidences) of all of them, in order."""
+    texts: list[str] = []
+    confs: list[float] = []
+    for start in range(0, len(crops), step):
+        t, c = recognise(list(crops[start : start + step]))
+        texts += list(t)
+        confs += [float(v) for v in c]
+    return texts, confs
+
+
+def attach_readings(
+    result: ImageSpots, dets: Sequence[Detection], texts: Sequence[str], confs: Sequence[float], lexicons: Lexicons
+) -> ImageSpots:
+    """The image's spots: each detection with its reading, corrected by the image's lexicon or dropped (counted)."""
+    lexicon, result.lexicon_missing = lexicons.for_image(result.name)
+    for det, text, conf in zip(dets, texts, confs, strict=True):
+        if lexicon is not None:
+            corrected = lexicon.correct(text)
+            if corrected is None:
+                result.lexicon_dropped += 1
+                continue
+            text = corrected
+        result.spots.append(Spot(np.asarray(det.points, dtype=np.float64), float(det.score), text, conf))
+    return result
+
+
 class SpotReader:
-    """Recognise one image's crops (one forward per rec_batch_size of them) and apply the lexicon."""
+    """Recognise one image's crops (one forward per rec_batch_size of them) and apply the lexicon (PyTorch)."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None, settings: SpotSettings, lexicons: Lexicons):
         import torch
@@ -272,29 +314,38 @@ class SpotReader:
 
         from tcm.recognition.preprocess import preprocess
 
-        texts: list[str] = []
-        confs: list[float] = []
-        step = self.settings.rec_batch_size
-        for start in range(0, len(crops), step):
+        def forward(batch: list[np.ndarray]) -> tuple[list[str], list[float]]:
             with torch.inference_mode():
-                x = preprocess(list(crops[start : start + step]), self.model.cfg).to(self.device)  # (B, 3, H, W)
-                t, c = self.model.tokenizer.decode(self.model(x)["logits"])
-            texts += list(t)
-            confs += [float(v) for v in c]
-        return texts, confs
+                x = preprocess(batch, self.model.cfg).to(self.device)  # (B, 3, H, W)
+                return self.model.tokenizer.decode(self.model(x, early_stop=self.settings.rec_early_stop)["logits"])
+
+        return read_in_batches(crops, self.settings.rec_batch_size, forward)
 
     def read(self, result: ImageSpots, crops: Sequence[np.ndarray], dets: Sequence[Detection]) -> ImageSpots:
         texts, confs = self.recognise(crops)
-        lexicon, result.lexicon_missing = self.lexicons.for_image(result.name)
-        for det, text, conf in zip(dets, texts, confs, strict=True):
-            if lexicon is not None:
-                corrected = lexicon.correct(text)
-                if corrected is None:
-                    result.lexicon_dropped += 1
-                    continue
-                text = corrected
-            result.spots.append(Spot(np.asarray(det.points, dtype=np.float64), float(det.score), text, conf))
-        return result
+        return attach_readings(result, dets, texts, confs, self.lexicons)
+
+
+def make_detector(det: str, tracking_uri: str | None, settings: SpotSettings) -> Any:
+    """The detector of `settings.runtime`: `SpotDetector` (PyTorch) or `OnnxSpotDetector` (an export, no torch)."""
+    match settings.runtime:
+        case "torch":
+            return SpotDetector(det, tracking_uri, settings)
+        case "onnxruntime":
+            from pipelines.spot_onnx import OnnxSpotDetector
+
+            return OnnxSpotDetector(det, settings)
+
+
+def make_reader(rec: str, tracking_uri: str | None, settings: SpotSettings, lexicons: Lexicons) -> Any:
+    """The recogniser of `settings.runtime`: `SpotReader` (PyTorch) or `OnnxSpotReader` (an export, no torch)."""
+    match settings.runtime:
+        case "torch":
+            return SpotReader(rec, tracking_uri, settings, lexicons)
+        case "onnxruntime":
+            from pipelines.spot_onnx import OnnxSpotReader
+
+            return OnnxSpotReader(rec, settings, lexicons)
 
 
 def _undecodable(name: str, err: Exception) -> ImageSpots:
@@ -315,8 +366,8 @@ def spot_images_local(
     from tcm.data.transforms import decode_image
 
     settings = settings or SpotSettings()
-    detector = SpotDetector(det, tracking_uri, settings)
-    reader = SpotReader(rec, tracking_uri, settings, lexicons or Lexicons())
+    detector = make_detector(det, tracking_uri, settings)
+    reader = make_reader(rec, tracking_uri, settings, lexicons or Lexicons())
     out = []
     for path in paths:
         name = Path(path).name
@@ -339,7 +390,7 @@ class SpotDetectorActor:
     """Ray Data actor: one detector copy; rows {bytes, path} -> {name, bytes, width, height, dets, suppressed, error}."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None, settings: dict, root: str | None):
-        self.detector = SpotDetector(model_uri, tracking_uri, SpotSettings(**settings))
+        self.detector = make_detector(model_uri, tracking_uri, SpotSettings(**settings))
         self.root = root  # None: `path` is the name already (a row id, when evaluating ingested rows)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -426,7 +477,7 @@ class SpotReaderActor:
     """Ray Data actor: one recogniser copy; crop rows -> {name, result (the pickled ImageSpots)}."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None, settings: dict, lexicon: str | None, lexicon_dir: str | None):
-        self.reader = SpotReader(model_uri, tracking_uri, SpotSettings(**settings), Lexicons(lexicon, lexicon_dir))
+        self.reader = make_reader(model_uri, tracking_uri, SpotSettings(**settings), Lexicons(lexicon, lexicon_dir))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results, readings = [], []
@@ -650,11 +701,19 @@ def write_spots(
     return {"submission": str(out / "submission"), "spots": str(out / "spots.jsonl"), "report": str(out / "report.json")}
 
 
-def check_pair(det: str, rec: str, tracking_uri: str | None, det_flag: str = "--det") -> bool:
+def check_pair(
+    det: str, rec: str, tracking_uri: str | None, runtime: str = "torch", det_flag: str = "--det"
+) -> bool:
     """Load both models once on the driver: ValueError when `det` (given as `det_flag`) is not a detector or
-    --rec not a recogniser. Returns whether the detector writes polygons (a poly-mode head) rather than quads."""
+    --rec not a recogniser (with onnxruntime: not a readable export, `pipelines.spot_onnx.check_pair`). Returns
+    whether the detector writes polygons (a poly-mode head) rather than quads."""
     from pipelines import registry
     from tcm.recognition.config import RecognizerConfig
+
+    if runtime == "onnxruntime":
+        from pipelines import spot_onnx
+
+        return spot_onnx.check_pair(det, rec)
 
     det_cfg = registry.load_model(det, tracking_uri).detector
     if isinstance(det_cfg, RecognizerConfig):
@@ -665,8 +724,9 @@ def check_pair(det: str, rec: str, tracking_uri: str | None, det_flag: str = "--
 
 
 def spot_command(
-    det: str = typer.Option(..., "--det", help="Detector: models:/name@alias, runs:/<id>/model or a checkpoint folder (path, file://, s3://)."),
-    rec: str = typer.Option(..., "--rec", help="Recogniser: models:/tcm-recognizer@champion, runs:/…/model or a checkpoint folder."),
+    det: str = typer.Option(..., "--det", help="Detector: models:/name@alias, runs:/<id>/model or a checkpoint folder (path, file://, s3://); with --runtime onnxruntime its `tcm export` folder (detector.onnx + detector.json) or x.onnx (+ x.json)."),
+    rec: str = typer.Option(..., "--rec", help="Recogniser: models:/tcm-recognizer@champion, runs:/…/model or a checkpoint folder; with --runtime onnxruntime its `tcm export` folder (visual.onnx, cross.onnx, recognizer.json)."),
+    runtime: str = typer.Option("torch", "--runtime", help="torch (checkpoints, registry URIs) | onnxruntime (`tcm export` folders, local; torch is never imported)."),
     images: str = typer.Option(..., "--images", help="Folder or s3:// prefix of images (searched recursively; jpg, png, …)."),
     out: Path = typer.Option(Path("spots"), "--out", help="Folder for submission/, spots.jsonl, overlays/ and report.json."),
     lexicon: Path = typer.Option(None, "--lexicon", exists=True, dir_okay=False, help="One word per line: each reading becomes the nearest word at edit distance <= 1 (case-insensitive) or is dropped."),
@@ -680,23 +740,32 @@ def spot_command(
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per actor."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs."),
     no_overlays: bool = typer.Option(False, "--no-overlays", help="Skip the overlay PNGs."),
+    fixed_steps: bool = typer.Option(False, "--fixed-steps", help="PyTorch recogniser: run all decoding steps rather than stop once every word ended, as the ONNX graphs do (the same readings in both runtimes; docs/onnx_spot.md)."),
 ) -> None:
     """Spot text end to end: detect, crop, read (Ray Data); IC15 4.4 submission files, spots.jsonl, overlays."""
     from pipelines import registry, storage
-    from pipelines.checkpoint import CheckpointError
     from pipelines.config import MlflowConfig
 
+    if runtime not in ("torch", "onnxruntime"):
+        typer.echo(f"error: --runtime {runtime}: expected torch or onnxruntime", err=True)
+        raise typer.Exit(2)
+    errors: tuple[type[Exception], ...] = (storage.StorageError, ValueError)
+    if runtime == "torch":  # pipelines.checkpoint imports torch: the onnxruntime driver never does
+        from pipelines.checkpoint import CheckpointError
+
+        errors += (CheckpointError,)
     if lexicon and lexicon_dir:
         typer.echo("error: give --lexicon or --lexicon-dir, not both", err=True)
         raise typer.Exit(2)
     uri = registry.absolute_tracking_uri(tracking_uri or MlflowConfig().resolved_tracking_uri())
     settings = SpotSettings(long_side=long_side, short_side=short_side, min_score=min_score, det_actors=det_actors,
-                            rec_actors=rec_actors, batch_size=batch_size, use_gpu=gpu)  # fmt: skip
+                            rec_actors=rec_actors, batch_size=batch_size, use_gpu=gpu, runtime=runtime,
+                            rec_early_stop=not fixed_steps)  # fmt: skip
     lex = (str(lexicon) if lexicon else None, str(lexicon_dir) if lexicon_dir else None)
     try:
         summary = run_spot(det, rec, images, out, settings, tracking_uri=uri, lexicon=lex[0], lexicon_dir=lex[1],
                            overlays=not no_overlays, echo=lambda line: typer.echo(line, err=True))  # fmt: skip
-    except (CheckpointError, storage.StorageError, ValueError) as err:
+    except errors as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(1) from None
     typer.echo(json.dumps({k: v for k, v in summary.items() if k != "polygons"}, indent=2))
@@ -719,7 +788,7 @@ def run_spot(
     the output paths with the counts of report.json and whether the submission holds polygons."""
     from pipelines import storage
 
-    polygons = check_pair(det, rec, tracking_uri)  # fail fast, before Ray starts, on a bad URI or a swapped pair
+    polygons = check_pair(det, rec, tracking_uri, settings.runtime)  # fail fast, before Ray starts
     results = spot_images(
         det, rec, images, settings, tracking_uri=tracking_uri, lexicon=lexicon, lexicon_dir=lexicon_dir,
         progress=lambda done, total: echo(f"spotted {done}/{total}") if done % 50 == 0 or done == total else None,

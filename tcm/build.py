@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from torch import nn
 
@@ -11,9 +10,12 @@ from tcm.backbone.image import ImageEncoder
 from tcm.backbone.text import TextEncoder
 from tcm.config import DBHeadConfig, DetectorConfig, FCEHeadConfig, HeadConfig, PANHeadConfig
 from tcm.detector import Detector
+from tcm.heads.codecs import build_codec
 from tcm.matching import AuxLoss
 from tcm.prompts import LanguagePromptGenerator, TextContextDecoder, VisualPromptGenerator
 from tcm.weights import init_clip_weights
+
+__all__ = ["aux_loss_kind", "build_codec", "build_detector", "build_head"]
 
 
 def build_head(head_cfg: HeadConfig, in_channels: Sequence[int]) -> nn.Module:
@@ -33,25 +35,6 @@ def build_head(head_cfg: HeadConfig, in_channels: Sequence[int]) -> nn.Module:
             return FCEHead(head_cfg, in_channels)
         case _:
             raise TypeError(f"unknown head config {type(head_cfg).__name__} (tcm/build.py build_head)")
-
-
-def build_codec(head_cfg: HeadConfig) -> Any:
-    """The numpy target encoder / polygon decoder that goes with the head."""
-    match head_cfg:
-        case DBHeadConfig():
-            from tcm.heads.db_codec import DBCodec
-
-            return DBCodec(head_cfg)
-        case PANHeadConfig():
-            from tcm.heads.pan_codec import PANCodec
-
-            return PANCodec(head_cfg)
-        case FCEHeadConfig():
-            from tcm.heads.fce_codec import FCECodec
-
-            return FCECodec(head_cfg)
-        case _:
-            raise TypeError(f"unknown head config {type(head_cfg).__name__} (tcm/build.py build_codec)")
 
 
 def aux_loss_kind(head_cfg: HeadConfig) -> AuxLoss:

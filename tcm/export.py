@@ -2,7 +2,10 @@
 
 The graph takes `images` (B, 3, H, W) already normalised (tcm.detector.normalize) and returns the detector's
 output maps as a tuple in the order the model's dict gives them; their names are the ONNX output names, so
-`dict(zip(output_names, session.run(None, feeds)))` rebuilds the dict the codec's `decode` expects.
+`dict(zip(output_names, session.run(None, feeds)))` rebuilds the dict the codec's `decode` expects. The batch,
+height and width axes are dynamic (any H, W that are multiples of 32, as the test resize pads to): the traced
+graph computes every feature size from the input's shape, checked at other sizes than the traced one in
+tests/tcm/test_export.py.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def export_onnx(
     width: int,
     batch_size: int = 1,  # of the tracing example only: the exported batch axis is dynamic
 ) -> list[str]:
-    """Export `model` (eval mode) for inputs of height x width (multiples of 32); the batch axis stays dynamic.
+    """Export `model` (eval mode), traced on a height x width example (multiples of 32); the batch, height and
+    width axes stay dynamic.
 
     Returns the output names in graph order (exported by `trace_to_onnx`).
     """
@@ -75,7 +79,8 @@ def export_onnx(
         with torch.no_grad():
             keys = list(model(example).keys())
         wrapper = _TupleOutputs(model, keys).eval()
-        dynamic_axes = {"images": {0: "batch"}, **{k: {0: "batch"} for k in keys}}
+        image_axes = {0: "batch", 2: "height", 3: "width"}
+        dynamic_axes = {"images": image_axes, **{k: {0: "batch", 2: f"{k}_height", 3: f"{k}_width"} for k in keys}}
         trace_to_onnx(wrapper, (example,), path, ["images"], keys, dynamic_axes)
     finally:
         model.train(was_training)

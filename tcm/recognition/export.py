@@ -21,20 +21,22 @@ normalisation), so `tcm.recognition.onnx_runtime.OnnxRecognizer` needs nothing e
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from tcm.export import trace_to_onnx
-from tcm.recognition.config import RecognizerConfig
 from tcm.recognition.model import CLIP4STR
+from tcm.recognition.onnx_runtime import (
+    CONFIG_FILE,
+    CROSS_FILE,
+    VISUAL_FILE,
+    config_from_json,
+    config_to_json,
+)
 
-VISUAL_FILE = "visual.onnx"
-CROSS_FILE = "cross.onnx"
-CONFIG_FILE = "recognizer.json"
+__all__ = ["CONFIG_FILE", "CROSS_FILE", "VISUAL_FILE", "config_from_json", "config_to_json", "export_recognizer"]
 VISUAL_OUTPUTS = ["memory", "visual_logits", "visual_ids"]
 CROSS_INPUTS = ["memory", "text_tokens"]
 CROSS_OUTPUTS = ["cross_logits"]
@@ -65,20 +67,6 @@ class _CrossGraph(nn.Module):
     def forward(self, memory: Tensor, tokens: Tensor) -> Tensor:
         T = self.model.cfg.num_positions
         return self.model.predict_cross(memory, tokens, T, steps=T)
-
-
-def config_to_json(cfg: RecognizerConfig) -> str:
-    return json.dumps(dataclasses.asdict(cfg), indent=2)
-
-
-def config_from_json(text: str, source: str) -> RecognizerConfig:
-    """The inverse of `config_to_json` (JSON lists back to the config's tuples); errors name `source`."""
-    try:
-        values = json.loads(text)
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return RecognizerConfig(**values)
-    except (json.JSONDecodeError, TypeError, ValueError) as err:
-        raise ValueError(f"{source}: not a recogniser config ({err})") from None
 
 
 def export_recognizer(model: CLIP4STR, directory: str | Path, batch_size: int = 2) -> list[Path]:

@@ -3,23 +3,43 @@
     rec = OnnxRecognizer("rec_onnx/")                     # visual.onnx (+ cross.onnx), recognizer.json
     texts, confidences = rec(preprocess(crops, rec.cfg))  # as model.tokenizer.decode(model(images)["logits"])
 
-Between the two sessions the visual stages' greedy ids become caption tokens in Python with the function the
-PyTorch model uses (`prediction_tokens`: cut at [E], lowercase alphanumerics, CLIP's BPE). onnxruntime is imported
-when a recogniser is loaded; the tokenisers (and the confidence decoding) still use torch/open_clip on CPU.
+Between the two sessions the visual stages' greedy ids become caption tokens in Python, as the PyTorch model's
+`prediction_tokens` makes them (cut at [E], lowercase alphanumerics, CLIP's BPE), with the torch-free BPE of
+`tcm.recognition.bpe`. Nothing here imports torch or open_clip (`tests/pipelines/test_spot_onnx.py` checks it):
+onnxruntime when a recogniser is loaded, numpy for the BPE ids, the decoding and `preprocess_array`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tcm.recognition.bpe import clip_bpe
 from tcm.recognition.charset import CharsetAdapter
 from tcm.recognition.config import RecognizerConfig
-from tcm.recognition.encoder import prediction_tokens
-from tcm.recognition.export import CONFIG_FILE, CROSS_FILE, VISUAL_FILE, config_from_json
 from tcm.recognition.tokenizer import Tokenizer
+
+VISUAL_FILE = "visual.onnx"
+CROSS_FILE = "cross.onnx"
+CONFIG_FILE = "recognizer.json"
+
+
+def config_to_json(cfg: RecognizerConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), indent=2)
+
+
+def config_from_json(text: str, source: str) -> RecognizerConfig:
+    """The inverse of `config_to_json` (JSON lists back to the config's tuples); errors name `source`."""
+    try:
+        values = json.loads(text)
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return RecognizerConfig(**values)
+    except (json.JSONDecodeError, TypeError, ValueError) as err:
+        raise ValueError(f"{source}: not a recogniser config ({err})") from None
 
 
 class OnnxRecognizer:
@@ -37,7 +57,8 @@ class OnnxRecognizer:
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
-            raise FileNotFoundError(f"{config_path}: missing (export with tcm.recognition.export.export_recognizer)")
+            raise FileNotFoundError(f"{config_path}: missing (a recogniser's `tcm export` folder holds {VISUAL_FILE}, "
+                                    f"{CROSS_FILE} and {CONFIG_FILE})")  # fmt: skip
         self.cfg: RecognizerConfig = config_from_json(config_path.read_text(), str(config_path))
         self.tokenizer = Tokenizer(self.cfg.charset)
         self.cross_adapter = CharsetAdapter(self.cfg.cross_charset)
@@ -59,15 +80,13 @@ class OnnxRecognizer:
         if self.cfg.cross_modal:
             B, S, T = visual_ids.shape
             Lc = self.cfg.text_context_length
-            tokens = np.stack(  # (B, S, Lc): the string step, one stage at a time
-                [prediction_tokens(visual_ids[:, s], self.tokenizer, self.cross_adapter, Lc).numpy() for s in range(S)],
-                axis=1,
+            bpe = clip_bpe()
+            tokens = np.stack(  # S x (B, Lc) -> (B, S, Lc): the string step, one stage at a time
+                [bpe(self.tokenizer.ids_to_texts(visual_ids[:, s], self.cross_adapter), Lc) for s in range(S)], axis=1
             )
             (out["cross_logits"],) = self.sessions[1].run(None, {"memory": memory, "text_tokens": tokens})
         out["logits"] = out.get("cross_logits", visual_logits)
         return out
 
     def __call__(self, images: Any) -> tuple[list[str], list[float]]:
-        import torch
-
-        return self.tokenizer.decode(torch.from_numpy(self.logits(images)["logits"]))
+        return self.tokenizer.decode(self.logits(images)["logits"])

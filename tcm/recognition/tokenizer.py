@@ -2,16 +2,21 @@
 
 itos = [E] + charset + [B] + [P]: with the 94-char charset [E] = 0, characters 1..94, [B] = 95, [P] = 96. The
 decoders' heads predict the first len(charset) + 1 classes only ([E] and the characters; never [B] or [P]).
+Decoding is numpy (a tensor is converted): the ONNX Runtime recogniser decodes without importing torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from tcm.recognition.charset import CharsetAdapter
+
+if TYPE_CHECKING:  # torch is imported where a tensor is built: decoding works without it
+    import torch
+    from torch import Tensor
 
 EOS, BOS, PAD = "[E]", "[B]", "[P]"
 
@@ -38,6 +43,8 @@ class Tokenizer:
         expected to have gone through `preprocess_label` with the same charset)."""
         if len(labels) == 0:
             raise ValueError("Tokenizer.encode: no labels")
+        import torch
+
         rows = []
         for label in labels:
             try:
@@ -54,8 +61,8 @@ class Tokenizer:
             out[b, : len(row)] = torch.tensor(row, dtype=torch.long)
         return out.to(device) if device is not None else out
 
-    def ids_to_texts(self, ids: Tensor, adapter: CharsetAdapter | None = None) -> list[str]:
-        """Greedy ids (B, T) -> strings cut at the first [E] (ids >= num_classes are dropped), then `adapter`."""
+    def ids_to_texts(self, ids: Any, adapter: CharsetAdapter | None = None) -> list[str]:
+        """Greedy ids (B, T) (a tensor or an array) -> strings cut at the first [E] (ids >= num_classes are dropped), then `adapter`."""
         texts = []
         for row in ids.tolist():
             chars = []
@@ -68,18 +75,23 @@ class Tokenizer:
             texts.append(adapter(text) if adapter is not None else text)
         return texts
 
-    def decode(self, logits: Tensor) -> tuple[list[str], list[float]]:
-        """Greedy decoding of logits (B, T, num_classes): the argmax string cut at the first [E], and its
-        confidence = the product of the per-step max probabilities up to and including [E] (all T steps when
-        no [E] was predicted)."""
+    def decode(self, logits: Tensor | np.ndarray) -> tuple[list[str], list[float]]:
+        """Greedy decoding of logits (B, T, num_classes) (a tensor, on any device, or an array): the argmax string
+        cut at the first [E], and its confidence = the product of the per-step max probabilities up to and
+        including [E] (all T steps when no [E] was predicted). Computed in float32 numpy."""
+        if not isinstance(logits, np.ndarray):
+            logits = logits.detach().float().cpu().numpy()
         B, T, C = logits.shape
         if C != self.num_classes:
             raise ValueError(f"logits have {C} classes, the tokenizer {self.num_classes}")
-        probs = logits.detach().float().softmax(-1)  # (B, T, C)
-        max_probs, ids = probs.max(-1)  # (B, T), (B, T)
+        x = logits.astype(np.float32, copy=False)
+        exp = np.exp(x - x.max(-1, keepdims=True))  # (B, T, C), shifted: no overflow
+        probs = exp / exp.sum(-1, keepdims=True)  # (B, T, C) softmax
+        ids = probs.argmax(-1)  # (B, T)
+        max_probs = np.take_along_axis(probs, ids[..., None], -1)[..., 0]  # (B, T)
         texts = self.ids_to_texts(ids)
         is_eos = ids == self.eos_id  # (B, T)
         # steps counted: up to and including the first [E]; steps after it are neutral (probability 1)
-        after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0  # (B, T): strictly after the first [E]
-        confidences = torch.where(after_eos, torch.ones_like(max_probs), max_probs).prod(-1)  # (B,)
-        return texts, confidences.tolist()
+        after_eos = (is_eos.cumsum(-1) - is_eos) > 0  # (B, T): strictly after the first [E]
+        confidences = np.where(after_eos, np.float32(1.0), max_probs).prod(-1)  # (B,)
+        return texts, [float(c) for c in confidences]

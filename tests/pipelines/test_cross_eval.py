@@ -83,19 +83,19 @@ def test_printed_table_keeps_rows_and_columns():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, ray_local) -> dict[str, str]:
     """Three checkpoints (detectors hot and cold, a recogniser) and two ingested eval sets (synth, full)."""
-    import ray
-
     import dataclasses
+
+    import ray
 
     from pipelines.checkpoint import save_checkpoint
     from pipelines.ingest import ingest
     from pipelines.spot import spot_images_local
     from tcm.build import build_detector
+    from tcm.data.formats import get_format
+    from tcm.data.synth import write_dataset
     from tcm.recognition.build import build_recognizer
     from tcm.recognition.charset import CHARSET_36
     from tcm.recognition.config import RecognizerConfig
-    from tcm.data.formats import get_format
-    from tcm.data.synth import write_dataset
     from tcm.types import Instance
 
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -3,6 +3,7 @@ graphs through OnnxRecognizer); a wrong checkpoint or option is a clear error.""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from typer.testing import CliRunner
 
 from pipelines.checkpoint import save_checkpoint
 from pipelines.cli import app
-from pipelines.config import load_config
+from pipelines.config import load_config, model_config_from_dict
 from tcm.build import build_detector
 from tcm.recognition.build import build_recognizer
 from tcm.recognition.onnx_runtime import OnnxRecognizer
@@ -40,12 +41,14 @@ def test_export_matches_pytorch(tmp_path):
     out = tmp_path / "model.onnx"
     result = CliRunner().invoke(app, ["export", "--config", str(TINY), "--weights", str(tmp_path / "ckpt"), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    sidecar = json.loads((tmp_path / "model.json").read_text())  # beside the graph: what tcm spot's ORT runtime reads
+    assert model_config_from_dict(sidecar["model"]) == cfg
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     images = torch.randn(2, 3, cfg.input_size, cfg.input_size)
     with torch.no_grad():
         expected = model(images)
     got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": images.numpy()}), strict=True))
-    assert set(got) == set(expected)
+    assert list(got) == sidecar["outputs"] and set(got) == set(expected)
     for key, value in expected.items():
         assert np.abs(got[key] - value.numpy()).max() <= 1e-4, key
 

@@ -33,8 +33,8 @@ def run_both(cfg: DetectorConfig, tmp_path, H: int = 96, W: int = 128) -> None:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     model.eval()
-    for B in (1, 2):  # the batch axis is dynamic
-        images = torch.randn(B, 3, H, W)
+    for B, h, w in ((1, H, W), (2, H, W), (1, H + 64, W - 32)):  # batch, height and width are dynamic
+        images = torch.randn(B, 3, h, w)
         with torch.no_grad():
             expected = model(images)
         got = dict(zip(names, session.run(None, {"images": images.numpy()}), strict=True))
