@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.rec_step import timed, write_results  # noqa: E402
+from benchmarks.rec_step import publish, timed  # noqa: E402
 from tcm.data.synth_words import render_word  # noqa: E402
 from tcm.recognition.build import build_recognizer  # noqa: E402
 from tcm.recognition.config import RecognizerConfig  # noqa: E402
@@ -115,10 +115,7 @@ def main() -> None:
         )
     lines += ["", f"Command: `python benchmarks/rec_onnx.py --batch {args.batch} --repeats {args.repeats}"
               f" --threads {args.threads} --sizes {' '.join(args.sizes)}`."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        write_results(SECTION, text)
+    publish(SECTION, lines, args.no_write)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,14 @@ def write_results(section: str, text: str) -> None:
     RESULTS.write_text(new)
 
 
+def publish(section: str, lines: list[str], no_write: bool) -> None:
+    """Print the section's lines and, unless `no_write`, put them into benchmarks/RESULTS.md."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not no_write:
+        write_results(section, text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=2)
@@ -126,10 +134,7 @@ def main() -> None:
         )
     lines += ["", f"Command: `python benchmarks/rec_step.py --batch {args.batch} --repeats {args.repeats}"
               f" --threads {args.threads}`."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        write_results(SECTION, text)
+    publish(SECTION, lines, args.no_write)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import json
 import textwrap
 import warnings
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -138,6 +139,17 @@ def world(tmp_path_factory, ray_local) -> dict[str, str]:
     return out
 
 
+def _cross_eval_json(path: Path) -> tuple[Any, dict]:
+    """`tcm cross-eval --config PATH --json`: the CLI result (exit code 0 asserted) and its JSON outcome."""
+    app = typer.Typer()
+    app.command()(cross_eval_command)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(app, ["--config", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    return result, json.loads(result.output[result.output.index("{") :])
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_matrix_matches_run_evaluation_and_is_logged_with_a_heatmap(tmp_path, world):
@@ -152,13 +164,7 @@ def test_matrix_matches_run_evaluation_and_is_logged_with_a_heatmap(tmp_path, wo
         "models": [{"label": "hot", "uri": world["hot"]}, {"label": "cold", "uri": world["cold"]}],
         "datasets": [{"label": "synth", "uri": world["synth"]}, {"label": "full", "uri": world["full"]}],
     }))  # fmt: skip
-    app = typer.Typer()
-    app.command()(cross_eval_command)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = CliRunner().invoke(app, ["--config", str(path), "--json"])
-    assert result.exit_code == 0, result.output
-    outcome = json.loads(result.output[result.output.index("{") :])
+    result, outcome = _cross_eval_json(path)
     assert outcome["rows"] == ["hot", "cold"] and outcome["cols"] == ["synth", "full"]
     hmean = np.array(outcome["hmean"])
     assert hmean.shape == (2, 2)
@@ -205,13 +211,7 @@ def test_spotting_pair_cells_are_end_to_end_hmean(tmp_path, world):
         "models": [{"label": "hot-rec", "det": world["hot"], "rec": world["rec"]}],
         "datasets": [{"label": "full", "uri": world["full"]}],  # one cell: the matrix layout is the test above's
     }))  # fmt: skip
-    app = typer.Typer()
-    app.command()(cross_eval_command)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = CliRunner().invoke(app, ["--config", str(path), "--json"])
-    assert result.exit_code == 0, result.output
-    outcome = json.loads(result.output[result.output.index("{") :])
+    _, outcome = _cross_eval_json(path)
     assert outcome["hmean"] == [[1.0]]
     cells = {c["dataset"]: c for c in outcome["cells"]}
     assert cells["full"]["metric"] == "test/e2e/hmean" and cells["full"]["precision"] == cells["full"]["recall"] == 1.0

@@ -28,9 +28,12 @@ DEMO = REPO / "jobs" / "pipelines" / "demo_tiny.yaml"
 
 
 def cli(*args: str):
+    """`tcm pipeline run ARGS`, Ray's and MLflow's warnings silenced (the output is what the tests read)."""
     app = typer.Typer()
     app.command()(pipeline_run_command)
-    return CliRunner().invoke(app, list(args))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return CliRunner().invoke(app, list(args))
 
 
 def write_yaml(path: Path, data: dict) -> Path:
@@ -215,9 +218,7 @@ def test_three_stage_workflow_resumes_at_evaluate_under_one_parent_run(tmp_path,
         ],
     })  # fmt: skip
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        first = cli("--config", str(path))
+    first = cli("--config", str(path))
     assert first.exit_code == 1, first.output
     failed = record(storage, "tiny3", "evaluate")
     assert failed["status"] == "failed" and "no-such-data" in failed["error"]
@@ -226,9 +227,7 @@ def test_three_stage_workflow_resumes_at_evaluate_under_one_parent_run(tmp_path,
     assert ingested["status"] == trained["status"] == "done" and ingested["outputs"]["rows"] == 6
     assert trained["outputs"]["model_uri"] and trained["outputs"]["metrics"]["epoch"] == 1
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        second = cli("--config", str(path), "--set", f"evaluate.data=[{{uri: '{data}', split: train}}]")
+    second = cli("--config", str(path), "--set", f"evaluate.data=[{{uri: '{data}', split: train}}]")
     assert second.exit_code == 0, second.output
     assert "skipping ingest: done at" in second.output and "skipping train: done at" in second.output
     assert count_stages == Counter({"ingest": 1, "train": 1, "evaluate": 2, "register": 1})
@@ -313,9 +312,7 @@ def test_spot_stage_scores_its_submission_and_is_skipped_when_done(tmp_path, ray
              "out": "${work}/spots", "gt": "${work}/raw/test/annotations"},
         ],
     })  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = cli("--config", str(path))
+    result = cli("--config", str(path))
     assert result.exit_code == 0, result.output
     done = record(storage, "spotwf", "spot")
     outputs = done["outputs"]
