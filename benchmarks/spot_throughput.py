@@ -1,6 +1,8 @@
 """`tcm spot` throughput, two ratios on the same synthetic images in one run:
 
-1. the Ray Data pipeline (detector actor pool -> crop tasks -> recogniser actor pool, streaming) against
+1. the Ray Data pipeline (detector actor pool -> crop tasks -> recogniser actor pool, streaming; one run per
+   `--det-actors` pool size: the tiny detector is the heavier stage, and one torch process scales poorly past one
+   thread, so copies of it are how a pipeline uses more cores) against
    `spot_images_local` (the same two models, crops, NMS and recogniser, one image after the other in one process);
 2. `--runtime onnxruntime` (the two `tcm export` folders on ONNX Runtime, no torch) against the PyTorch runtime,
    both as the local loop and on Ray.
@@ -96,6 +98,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of every path; the median ratio")
     ap.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}),
                     help="torch / ONNX Runtime thread counts of the local loops (each measured; the best is the baseline)")
+    ap.add_argument("--det-actors", type=int, nargs="+", default=[1, 2],
+                    help="detector actor pool sizes to run `tcm spot` with (one recogniser actor each time)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"), help="markdown file to update")
     ap.add_argument("--no-write", action="store_true")
@@ -133,15 +137,18 @@ def main() -> None:
 
             return run
 
-        def piped(rt: str) -> Callable[[str], list]:
-            settings = SpotSettings(long_side=args.side, short_side=args.side, runtime=rt,  # actors: OMP_NUM_THREADS
-                                    rec_early_stop=False)  # fmt: skip
+        def piped(rt: str, det_actors: int) -> Callable[[str], list]:
+            # the actors share the cores left by the crop tasks (0.25 CPU), at most tcm spot's 0.75 each; each runs
+            # one thread (Ray's OMP_NUM_THREADS for a fractional actor)
+            cpus = min(0.75, ((os.cpu_count() or 1) - 0.25) / (det_actors + 1))
+            settings = SpotSettings(long_side=args.side, short_side=args.side, runtime=rt, det_actors=det_actors,
+                                    actor_cpus=round(cpus, 2), rec_early_stop=False)  # fmt: skip
             return lambda which: spot_images(*models[rt], str(folders[which]), settings)
 
         paths: dict[str, Callable[[str], list]] = {}
         for rt in ("torch", "onnxruntime"):
             paths |= {f"local {rt}, {t} thr": local(rt, t) for t in args.threads}
-            paths[f"Ray {rt}"] = piped(rt)
+            paths |= {f"Ray {rt}, {n} det": piped(rt, n) for n in args.det_actors}
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         try:
             for run in paths.values():  # once, untimed: imports and one-off initialisation of each path
@@ -158,7 +165,8 @@ def main() -> None:
 
     t1 = args.threads[0]
     for rt in ("torch", "onnxruntime"):  # Ray's actors and the first local loop: identical records
-        assert outputs[f"Ray {rt}"] == outputs[f"local {rt}, {t1} thr"], f"{rt}: the Ray pipeline and the local loop disagree"
+        for n in args.det_actors:
+            assert outputs[f"Ray {rt}, {n} det"] == outputs[f"local {rt}, {t1} thr"], f"{rt}, {n} det: Ray and the local loop disagree"
     reference = outputs[f"local torch, {t1} thr"]
     for name, records in outputs.items():  # other thread counts and ONNX Runtime: the same spots
         diffs = record_differences(records, reference)
@@ -167,14 +175,14 @@ def main() -> None:
     load_end = os.getloadavg()
     print(json.dumps({"rates": rates, "loads": loads, "load_end": load_end}), flush=True)  # the raw figures
 
-    def best_local(rt: str) -> None:  # per round, the faster of the local loops' thread counts
-        rates[f"local {rt}, best"] = [
-            tuple(max(rates[f"local {rt}, {t} thr"][r][k] for t in args.threads) for k in (0, 1))
-            for r in range(args.rounds)
+    def best(prefix: str, suffixes: list[str]) -> None:  # per round, the fastest of the path's settings
+        rates[f"{prefix}, best"] = [
+            tuple(max(rates[f"{prefix}, {x}"][r][k] for x in suffixes) for k in (0, 1)) for r in range(args.rounds)
         ]
 
-    best_local("torch")
-    best_local("onnxruntime")
+    for rt in ("torch", "onnxruntime"):
+        best(f"local {rt}", [f"{t} thr" for t in args.threads])
+        best(f"Ray {rt}", [f"{n} det" for n in args.det_actors])
 
     def ratio(a: str, b: str, k: int) -> float:
         return statistics.median(x[k] / y[k] for x, y in zip(rates[a], rates[b], strict=True))
@@ -189,8 +197,9 @@ def main() -> None:
         f" synthetic {args.side}x{args.side} images ({words} words read), {args.rounds} alternating rounds. Local loop"
         f" = `spot_images_local` (one process, at {' and '.join(map(str, args.threads))} torch / ONNX Runtime threads;"
         " \"best\" = the faster per round, the baseline of record); Ray = `tcm spot`'s"
-        " pipeline (1 detector actor, crop tasks, 1 recogniser actor, one thread each; Ray started before the clock,"
-        f" the actors' start inside it). Steady = ({args.images} - {args.warmup}) / (T({args.images} images) -"
+        f" pipeline ({' or '.join(map(str, args.det_actors))} detector actor(s), crop tasks (0.25 CPU), 1 recogniser"
+        " actor, one thread each, the actors sharing the rest of the cores at most 0.75 CPU each; \"best\" = the"
+        f" faster per round; Ray started before the clock, the actors' start inside it). Steady = ({args.images} - {args.warmup}) / (T({args.images} images) -"
         f" T(first {args.warmup})): model load, actor start and first forwards cancel (every path ran once untimed"
         f" before); cold = {args.images} / T({args.images} images). ONNX Runtime = the two `tcm export` folders"
         f" (`--runtime onnxruntime`, no torch in the process; export {export_s:.0f} s, not timed); PyTorch runs all"
@@ -207,16 +216,18 @@ def main() -> None:
     )
     ratios = (
         "Ratios of record (median over rounds of the per-round ratio, steady rates): **Ray / local loop"
-        f" {ratio('Ray torch', 'local torch, best', 1):.2f}x** (PyTorch, against the faster local loop;"
-        f" {ratio('Ray onnxruntime', 'local onnxruntime, best', 1):.2f}x with ONNX Runtime); **ONNX Runtime / PyTorch"
+        f" {ratio('Ray torch, best', 'local torch, best', 1):.2f}x** (PyTorch, best against best; with"
+        f" {args.det_actors[0]} detector actor(s) {ratio(f'Ray torch, {args.det_actors[0]} det', 'local torch, best', 1):.2f}x;"
+        f" {ratio('Ray onnxruntime, best', 'local onnxruntime, best', 1):.2f}x with ONNX Runtime); **ONNX Runtime / PyTorch"
         f" {ratio('local onnxruntime, best', 'local torch, best', 1):.2f}x** for the whole spot in the local loop, best"
-        f" against best ({same_threads}; {ratio('Ray onnxruntime', 'Ray torch', 1):.2f}x on Ray). Cold (model load /"
-        f" actor start included): Ray / local {ratio('Ray torch', 'local torch, best', 0):.2f}x, ONNX Runtime /"
+        f" against best ({same_threads}; {ratio('Ray onnxruntime, best', 'Ray torch, best', 1):.2f}x on Ray). Cold (model"
+        f" load / actor start included): Ray / local {ratio('Ray torch, best', 'local torch, best', 0):.2f}x, ONNX Runtime /"
         f" PyTorch {ratio('local onnxruntime, best', 'local torch, best', 0):.2f}x."
     )
     command = (
         f"Command: `python benchmarks/spot_throughput.py --images {args.images} --side {args.side} --rounds"
-        f" {args.rounds} --warmup {args.warmup} --threads {' '.join(map(str, args.threads))} --seed {args.seed}`."
+        f" {args.rounds} --warmup {args.warmup} --threads {' '.join(map(str, args.threads))} --det-actors"
+        f" {' '.join(map(str, args.det_actors))} --seed {args.seed}`."
     )
     table = "| path | cold images/s | steady images/s | steady per round |\n|---|---|---|---|\n" + rows
     body = "\n\n".join([intro, table, ratios, command]) + "\n"
