@@ -227,6 +227,7 @@ def test_an_explicit_test_size_is_not_capped_by_the_models_canvas(tmp_path):
     """The detector's validation scale comes with its training cap (`data.val_canvas`); `--long-side` /
     `--short-side` given by the user replace both, so the asked size is the size run (it used to be shrunk back
     to the cap without a word)."""
+    import cv2
     import torch
 
     from pipelines.checkpoint import save_checkpoint
@@ -242,13 +243,7 @@ def test_an_explicit_test_size_is_not_capped_by_the_models_canvas(tmp_path):
     assert (default.long_side, default.short_side, default.max_side) == (64, 64, 64)
     asked = SpotDetector(str(tmp_path / "det"), None, SpotSettings(long_side=256, short_side=256))
     assert (asked.long_side, asked.short_side, asked.max_side) == (256, 256, None)
-    _, _, image, scale = detector_input(_jpeg(512, 512), asked.long_side, asked.short_side, asked.max_side, asked.cfg)
+    grey = cv2.imencode(".jpg", np.full((512, 512, 3), 128, np.uint8))[1].tobytes()
+    _, _, image, scale = detector_input(grey, asked.long_side, asked.short_side, asked.max_side, asked.cfg)
     assert image.shape[-2:] == (256, 256) and scale == (2.0, 2.0)  # (3, H', W'): 512 px halved, not quartered
 
-
-def _jpeg(width: int, height: int) -> bytes:
-    import cv2
-
-    ok, data = cv2.imencode(".jpg", np.full((height, width, 3), 128, np.uint8))
-    assert ok
-    return data.tobytes()
