@@ -173,14 +173,6 @@ class DataConfig(Strict):
     # augmentation). None: Ray's default share of the object store (benchmarks/ingest_throughput.py)
     object_store_budget_gib: float | None = Field(2.0, gt=0)
 
-    def test_resize(self, long_side: int | None = None, short_side: int | None = None) -> tuple[int, int, int | None]:
-        """(long side, short side, cap on the longer side) of a keep-ratio test resize (`tcm predict`, `tcm spot`):
-        the validation scale capped by `val_canvas`, or the sides the caller asks for, uncapped (an explicit size
-        is what the user wants: the model's training-time cap silently shrank it)."""
-        if long_side is None and short_side is None:
-            return self.val_long_side, self.val_short_side, self.val_canvas
-        return long_side or self.val_long_side, short_side or self.val_short_side, None
-
 
 class OptimConfig(Strict):
     # AdamW/Adam moments: torch's defaults (TCM uses them); CLIP4STR: betas (0.9, 0.98), eps 1e-6

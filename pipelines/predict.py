@@ -159,7 +159,7 @@ def predict_command(
         ..., "--model", help="models:/name@alias, runs:/<id>/model, or a checkpoint folder (path, file:// or s3://)."
     ),
     out: Path = typer.Option(Path("predictions"), "--out", help="Folder for predictions.json, submission/ and overlays/."),
-    long_side: int = typer.Option(None, "--long-side", min=32, help="Test resize: longer side cap (default: the model's validation scale, capped by its data.val_canvas; a size given here is not capped)."),
+    long_side: int = typer.Option(None, "--long-side", min=32, help="Test resize: longer side cap (default: the model's validation scale)."),
     short_side: int = typer.Option(None, "--short-side", min=32, help="Test resize: shorter side target (default: the model's validation scale)."),
     min_score: float = typer.Option(0.0, "--min-score", min=0.0, max=1.0, help="Drop detections scoring below this."),
     tracking_uri: str = typer.Option(None, "--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs."),
@@ -187,8 +187,14 @@ def predict_command(
         case _:
             pass
     data = DataConfig.model_validate((loaded.experiment or {}).get("data", {}))
-    long_side, short_side, max_side = data.test_resize(long_side, short_side)
-    preds = predict_images(loaded, images, long_side=long_side, short_side=short_side, max_side=max_side, min_score=min_score)
+    preds = predict_images(
+        loaded,
+        images,
+        long_side=long_side or data.val_long_side,
+        short_side=short_side or data.val_short_side,
+        max_side=data.val_canvas,
+        min_score=min_score,
+    )
     paths = write_outputs(preds, out, overlays=not no_overlays)
     for p in preds:
         typer.echo(f"{p.path}: {len(p.detections)} text instance(s)")

@@ -222,7 +222,9 @@ class SpotDetector:
         if isinstance(loaded.detector, RecognizerConfig):
             raise ValueError(f"--det {model_uri}: a recogniser, not a detector")
         data = DataConfig.model_validate((loaded.experiment or {}).get("data", {}))
-        self.long_side, self.short_side, self.max_side = data.test_resize(settings.long_side, settings.short_side)
+        self.long_side = settings.long_side or data.val_long_side
+        self.short_side = settings.short_side or data.val_short_side
+        self.max_side = data.val_canvas
         self.settings = settings
         self.device = torch.device("cuda" if settings.use_gpu and torch.cuda.is_available() else "cpu")
         self.model = loaded.model.to(self.device).eval()
@@ -729,7 +731,7 @@ def spot_command(
     out: Path = typer.Option(Path("spots"), "--out", help="Folder for submission/, spots.jsonl, overlays/ and report.json."),
     lexicon: Path = typer.Option(None, "--lexicon", exists=True, dir_okay=False, help="One word per line: each reading becomes the nearest word at edit distance <= 1 (case-insensitive) or is dropped."),
     lexicon_dir: Path = typer.Option(None, "--lexicon-dir", exists=True, file_okay=False, help="Per-image lexicons voc_<image stem>.txt (IC15 strong: voc_img_12.txt); same rule."),
-    long_side: int = typer.Option(None, "--long-side", min=32, help="Detector test resize: longer side cap (default: its validation scale, capped by its data.val_canvas; a size given here is not capped)."),
+    long_side: int = typer.Option(None, "--long-side", min=32, help="Detector test resize: longer side cap (default: its validation scale)."),
     short_side: int = typer.Option(None, "--short-side", min=32, help="Detector test resize: shorter side target (default: its validation scale)."),
     min_score: float = typer.Option(0.0, "--min-score", min=0.0, max=1.0, help="Drop detections scoring below this."),
     det_actors: int = typer.Option(1, "--det-actors", min=1, help="Detector actor pool size (model copies)."),

@@ -119,7 +119,9 @@ class OnnxSpotDetector:
         if not isinstance(cfg, DetectorConfig):
             raise ValueError(f"--det {det}: its sidecar holds a {type(cfg).__name__}, not a detector config")
         data = DataConfig.model_validate(meta.get("data") or {})
-        self.long_side, self.short_side, self.max_side = data.test_resize(settings.long_side, settings.short_side)
+        self.long_side = settings.long_side or data.val_long_side  # as SpotDetector: the validation scale
+        self.short_side = settings.short_side or data.val_short_side
+        self.max_side = data.val_canvas
         self.cfg, self.settings, self.outputs = cfg, settings, list(meta["outputs"])
         self.codec = build_codec(cfg.head)
         options = ort.SessionOptions()

@@ -126,13 +126,9 @@ def resolve(uri: str, *, endpoint: str | None = None) -> Location:
 # Transient S3 failures worth another try. The AWS SDK inside pyarrow retries some of them itself, but not a
 # 503 without an error body (HEAD requests) nor every dropped connection; Ray Data keeps a similar list.
 TRANSIENT = ("HTTP status 503", "HTTP status 500", "SLOW_DOWN", "SlowDown", "SERVICE_UNAVAILABLE", "NETWORK_CONNECTION",
-             "INTERNAL_FAILURE", "REQUEST_TIMEOUT", "Connection reset", "curlCode: 28", "curlCode: 52",
+             "INTERNAL_FAILURE", "REQUEST_TIMEOUT", "Connection reset", "curlCode: 7", "curlCode: 28", "curlCode: 52",
              "curlCode: 56")  # fmt: skip
-# Could not connect at all (refused, no route): the SDK inside pyarrow has already tried max_attempts times (~6 s),
-# and a dead endpoint is a wrong URL far more often than a blip; retrying it here too made `tcm ingest` against
-# an unreachable endpoint wait ~55 s (6 x the SDK's 5 attempts) before its error
-NOT_AGAIN = ("curlCode: 7",)
-ATTEMPTS = 6  # with the backoff below: about 10 s of our own pauses (each attempt also has the SDK's retries)
+ATTEMPTS = 6  # with the backoff below: about 10 s of trying before an error surfaces
 BACKOFF_S = 0.2  # first pause; doubles each attempt (with jitter), capped at 4 s
 
 
@@ -142,9 +138,7 @@ def retrying(action: Callable[[], object], is_s3: bool):
         try:
             return action()
         except OSError as err:
-            message = str(err)
-            transient = any(t in message for t in TRANSIENT) and not any(t in message for t in NOT_AGAIN)
-            if not is_s3 or attempt == ATTEMPTS - 1 or not transient:
+            if not is_s3 or attempt == ATTEMPTS - 1 or not any(t in str(err) for t in TRANSIENT):
                 raise
             time.sleep(min(4.0, BACKOFF_S * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")

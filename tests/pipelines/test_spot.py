@@ -221,29 +221,3 @@ def test_images_are_listed_from_a_bucket_with_names_relative_to_the_prefix(s3_en
         list_images("s3://photos/text")
     with pytest.raises(StorageError):
         list_images("s3://photos/missing")
-
-
-def test_an_explicit_test_size_is_not_capped_by_the_models_canvas(tmp_path):
-    """The detector's validation scale comes with its training cap (`data.val_canvas`); `--long-side` /
-    `--short-side` given by the user replace both, so the asked size is the size run (it used to be shrunk back
-    to the cap without a word)."""
-    import cv2
-    import torch
-
-    from pipelines.checkpoint import save_checkpoint
-    from pipelines.spot import SpotDetector, SpotSettings, detector_input
-    from tcm.build import build_detector
-    from tcm.config import DetectorConfig
-
-    torch.manual_seed(0)
-    cfg = DetectorConfig.tiny()
-    data = {"val_long_side": 64, "val_short_side": 64, "val_canvas": 64}
-    save_checkpoint(tmp_path / "det", build_detector(cfg, pretrained=False), cfg, experiment={"data": data})
-    default = SpotDetector(str(tmp_path / "det"), None, SpotSettings())
-    assert (default.long_side, default.short_side, default.max_side) == (64, 64, 64)
-    asked = SpotDetector(str(tmp_path / "det"), None, SpotSettings(long_side=256, short_side=256))
-    assert (asked.long_side, asked.short_side, asked.max_side) == (256, 256, None)
-    grey = cv2.imencode(".jpg", np.full((512, 512, 3), 128, np.uint8))[1].tobytes()
-    _, _, image, scale = detector_input(grey, asked.long_side, asked.short_side, asked.max_side, asked.cfg)
-    assert image.shape[-2:] == (256, 256) and scale == (2.0, 2.0)  # (3, H', W'): 512 px halved, not quartered
-

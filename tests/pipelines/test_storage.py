@@ -42,19 +42,3 @@ def test_unwritable_destination_is_detected(tmp_path):
     (tmp_path / "ro" / "file").write_text("x")
     with pytest.raises(storage.StorageError, match="cannot write"):
         storage.check_writable(storage.resolve(str(tmp_path / "ro" / "file")))  # a file where a folder must be
-
-
-def test_a_refused_connection_is_not_retried_again_but_a_dropped_one_is(monkeypatch):
-    """The SDK has already retried a connection it could not open (curlCode 7): one more round of our own made an
-    unreachable endpoint take ~55 s to report. A connection dropped mid-request (curlCode 56) is still retried."""
-    monkeypatch.setattr(storage.time, "sleep", lambda _s: None)
-    for code, calls_wanted in (("7", 1), ("56", storage.ATTEMPTS)):
-        calls = []
-
-        def action(code=code, calls=calls):
-            calls.append(1)
-            raise OSError(f"AWS Error NETWORK_CONNECTION during HeadObject operation: curlCode: {code}, ...")
-
-        with pytest.raises(OSError):
-            storage.retrying(action, is_s3=True)
-        assert len(calls) == calls_wanted, code
